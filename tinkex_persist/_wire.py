@@ -5,7 +5,7 @@ so a class or field missing from the table cannot be encoded, and a renamed attr
 Field order follows the official SDK 0.38.0, so encoded bodies are byte-identical to its requests.
 """
 
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Type
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import attrs
 
@@ -265,14 +265,6 @@ class TryAgainResponse:
 
 
 @attrs.frozen(kw_only=True)
-class CompleteMetadataResponse:
-    """``retrieve_future`` saying the result is ready but too large to inline; re-poll without metadata."""
-
-    type: Literal["complete_metadata"] = "complete_metadata"
-    request_id: Optional[str] = None
-
-
-@attrs.frozen(kw_only=True)
 class RequestFailedResponse:
     """``retrieve_future`` for a request that failed after it was accepted."""
 
@@ -422,7 +414,6 @@ _KEYS: Mapping[type, Mapping[str, str]] = {
     CreateSessionResponse: _identity("session_id", "type", "info_message", "warning_message", "error_message"),
     UntypedAPIFuture: _identity("request_id", "model_id"),
     TryAgainResponse: _identity("type", "request_id", "queue_state"),
-    CompleteMetadataResponse: _identity("type", "request_id"),
     RequestFailedResponse: _identity("error", "category"),
     CreateModelResponse: _identity("model_id", "type"),
     SaveWeightsResponse: _identity("path", "type"),
@@ -474,10 +465,4 @@ STRICT: FrozenSet[type] = frozenset(
 SEND_NULL: Mapping[type, Tuple[str, ...]] = {
     FinishSessionRequest: ("detail",),
     SetTtlRequest: ("ttl_seconds",),
-}
-
-#: ``retrieve_future`` answers that are not the operation's own result, by their ``type`` value.
-POLL_STATES: Mapping[str, Type[Any]] = {
-    "try_again": TryAgainResponse,
-    "complete_metadata": CompleteMetadataResponse,
 }

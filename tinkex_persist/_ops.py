@@ -1,0 +1,161 @@
+"""One plain synchronous function per wire operation, ``(transport, ...) -> result``. No threads here."""
+
+import logging
+import time
+from typing import Any, Callable, List, Optional, Type, TypeVar
+
+from . import _wire
+from ._converter import decode, dumps
+from ._transport import Deadline, _Transport
+from .exceptions import APITimeoutError, DecodeError, PromiseExpiredError, RequestFailedError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+API = "/api/v1"
+#: First wait after a ``try_again`` answered at once, in seconds; later waits grow by POLL_GROWTH.
+POLL_FIRST_WAIT = 0.01
+POLL_GROWTH = 2.5
+#: Longest wait between two polls of a pending future, in seconds.
+POLL_MAX_WAIT = 0.2
+#: An answer that took at least this long was a server-side long-poll, so re-poll at once.
+LONG_POLL_SECONDS = 1.0
+
+QueueStateCallback = Callable[[str, str], None]
+
+
+def submit(transport: _Transport, path: str, request: Any, *, attempts: Optional[List[str]] = None) -> _wire.UntypedAPIFuture:
+    """POST a typed request and return the server's future handle."""
+    resp = transport.request("POST", API + path, dumps(request), attempts=attempts)
+    return decode(resp.json(), _wire.UntypedAPIFuture)
+
+
+def call(transport: _Transport, method: str, path: str, request: Any, result_cls: Type[T]) -> T:
+    """Send a request answered directly (not through a future) and decode the answer."""
+    body = None if request is None else dumps(request)
+    resp = transport.request(method, API + path, body)
+    return decode(resp.json(), result_cls)
+
+
+def poll(
+    transport: _Transport,
+    request_id: str,
+    result_cls: Type[T],
+    request_type: str,
+    *,
+    on_queue_state: Optional[QueueStateCallback] = None,
+) -> T:
+    """Wait for a server-side future and return its decoded result.
+
+    Long-polls ``retrieve_future``; when the server answers ``try_again`` (or 408) at once, waits with a
+    short, capped, growing back-off instead of re-polling in a hot loop. Raises
+    :class:`RequestFailedError` for a failed request, :class:`PromiseExpiredError` on 410, and
+    :class:`APITimeoutError` when ``config.poll_timeout`` runs out.
+    """
+    cfg = transport.config
+    deadline = Deadline(cfg.poll_timeout)
+    timeout = (cfg.timeout[0], cfg.poll_read_timeout)
+    allow_metadata_only = True
+    wait = POLL_FIRST_WAIT
+    queue_state: Optional[str] = None
+    iteration = 0
+    while True:
+        body = dumps(_wire.RetrieveFutureRequest(request_id=request_id, allow_metadata_only=allow_metadata_only))
+        headers = {"X-Tinker-Request-Iteration": str(iteration), "X-Tinker-Request-Type": request_type}
+        t0 = time.monotonic()
+        try:
+            resp = transport.request(
+                "POST", API + "/retrieve_future", body, timeout=timeout, extra_headers=headers, ok_statuses=(408,)
+            )
+        except PromiseExpiredError as exc:
+            raise PromiseExpiredError(
+                "the server no longer holds the result of request %s (410: promise expired); "
+                "the operation may or may not have completed" % request_id,
+                status_code=410,
+                method="POST",
+                url=API + "/retrieve_future",
+                request_id=request_id,
+                body=exc.body,
+            ) from exc
+        iteration += 1
+        data = resp.json()
+        kind = data.get("type") if isinstance(data, dict) else None
+        if isinstance(data, dict) and data.get("status") == "complete_metadata" and allow_metadata_only:
+            allow_metadata_only = False  # the result is too large to inline: fetch it in full
+            continue
+        if kind == "try_again" or resp.status == 408:
+            state = data.get("queue_state") if isinstance(data, dict) else None
+            if state and state != queue_state:
+                queue_state = state
+                logger.info("request %s is queued: %s", request_id, state)
+                if on_queue_state is not None:
+                    on_queue_state(request_id, state)
+            if time.monotonic() - t0 >= LONG_POLL_SECONDS:
+                wait = POLL_FIRST_WAIT  # the server held the poll: it long-polls, so no back-off is needed
+                if deadline.remaining() <= 0:
+                    raise _poll_timeout(request_id, cfg.poll_timeout)
+                continue
+            if wait >= deadline.remaining():
+                raise _poll_timeout(request_id, cfg.poll_timeout)
+            time.sleep(wait)
+            wait = min(wait * POLL_GROWTH, POLL_MAX_WAIT)
+            continue
+        if isinstance(data, dict) and "error" in data and "category" in data and kind is None:
+            failed = decode(data, _wire.RequestFailedResponse)
+            raise RequestFailedError(
+                "request %s failed (%s error): %s" % (request_id, failed.category, failed.error),
+                request_id=request_id,
+                category=failed.category,
+            )
+        return decode(data, result_cls)
+
+
+def _poll_timeout(request_id: str, seconds: Optional[float]) -> APITimeoutError:
+    return APITimeoutError(
+        "request %s still pending after %.0f s (poll_timeout)" % (request_id, seconds or 0),
+        method="POST",
+        url=API + "/retrieve_future",
+    )
+
+
+def create_session(transport: _Transport, request: _wire.CreateSessionRequest) -> str:
+    """Create a session and return its id."""
+    resp = call(transport, "POST", "/create_session", request, _wire.CreateSessionResponse)
+    if resp.error_message:
+        raise DecodeError("create_session refused: %s" % resp.error_message)
+    for msg in (resp.warning_message, resp.info_message):
+        if msg:
+            logger.warning("server: %s", msg)
+    return resp.session_id
+
+
+def heartbeat(transport: _Transport, session_id: str) -> None:
+    """Tell the server the session is alive."""
+    body = dumps(_wire.SessionHeartbeatRequest(session_id=session_id))
+    transport.request("POST", API + "/session_heartbeat", body, deadline=Deadline(5.0))
+
+
+def finish_session(transport: _Transport, session_id: str) -> None:
+    """Close the session on the server."""
+    body = dumps(_wire.FinishSessionRequest())
+    transport.request("POST", "%s/sessions/%s/finish" % (API, session_id), body, deadline=Deadline(5.0))
+
+
+def create_model(
+    transport: _Transport, request: _wire.CreateModelRequest, on_queue_state: Optional[QueueStateCallback] = None
+) -> str:
+    """Create a training model and return its id."""
+    fut = submit(transport, "/create_model", request)
+    result = poll(transport, fut.request_id, _wire.CreateModelResponse, "CreateModel", on_queue_state=on_queue_state)
+    return result.model_id
+
+
+def weights_info(transport: _Transport, tinker_path: str) -> _wire.WeightsInfoResponse:
+    """Describe a checkpoint."""
+    return call(transport, "POST", "/weights_info", _wire.WeightsInfoRequest(tinker_path=tinker_path), _wire.WeightsInfoResponse)
+
+
+def get_info(transport: _Transport, model_id: str) -> _wire.GetInfoResponse:
+    """Describe a training model."""
+    return call(transport, "POST", "/get_info", _wire.GetInfoRequest(model_id=model_id), _wire.GetInfoResponse)
