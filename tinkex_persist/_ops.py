@@ -15,8 +15,8 @@ T = TypeVar("T")
 
 API = "/api/v1"
 #: First wait after a ``try_again`` answered at once, in seconds; later waits grow by POLL_GROWTH.
-POLL_FIRST_WAIT = 0.01
-POLL_GROWTH = 2.5
+POLL_FIRST_WAIT = 0.02
+POLL_GROWTH = 3.0
 #: Longest wait between two polls of a pending future, in seconds.
 POLL_MAX_WAIT = 0.2
 #: An answer that took at least this long was a server-side long-poll, so re-poll at once.
