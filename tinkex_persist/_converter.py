@@ -120,8 +120,6 @@ def decode(data: Any, cls: Type[T]) -> T:
     except (cattrs.BaseValidationError, cattrs.ForbiddenExtraKeysError) as exc:
         errors = cattrs.transform_error(exc, path="$")
         raise DecodeError("invalid %s: %s" % (cls.__name__, "; ".join(errors)), errors=errors) from exc
-    except (TypeError, ValueError, KeyError) as exc:
-        raise DecodeError("invalid %s: %s" % (cls.__name__, exc), errors=[str(exc)]) from exc
 
 
 def loads(body: bytes, cls: Type[T]) -> T:

@@ -1,0 +1,170 @@
+"""Shared fixtures: a clean environment for every test, and a ``LocalServer`` on a temporary root."""
+
+import os
+
+import pytest
+
+from tinkex_persist.localserver import LocalServer
+
+_PREFIXES = ("TINKER_", "TINKEX_PERSIST_")
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle", "curl_ca_bundle"}
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch):
+    """Remove ``TINKER_*``, ``TINKEX_PERSIST_*`` and proxy variables, so no test reaches past loopback."""
+    for name in list(os.environ):
+        if name.startswith(_PREFIXES) or name.lower() in _PROXY_VARS:
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def local_server(tmp_path):
+    """A running ``LocalServer`` on ``tmp_path / "server"``, port 0, no API key."""
+    with LocalServer(tmp_path / "server") as server:
+        yield server
+
+
+class Api:
+    """Small raw-HTTP helper over one keep-alive ``requests.Session`` bound to a server URL."""
+
+    BASE_MODEL = "Qwen/Qwen3-8B"
+
+    def __init__(self, url, api_key=None):
+        import requests
+
+        self.url = url
+        self.http = requests.Session()
+        self.http.trust_env = False
+        if api_key:
+            self.http.headers["X-API-Key"] = api_key
+
+    def post(self, path, body, **headers):
+        return self.http.post(self.url + path, json=body, headers=headers, timeout=10)
+
+    def get(self, path, **kwargs):
+        return self.http.get(self.url + path, timeout=10, **kwargs)
+
+    def session(self):
+        body = {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0", "type": "create_session"}
+        return self.post("/api/v1/create_session", body).json()["session_id"]
+
+    def submit(self, path, body, **headers):
+        resp = self.post(path, body, **headers)
+        assert 200 == resp.status_code, resp.text
+        return resp.json()["request_id"]
+
+    def result(self, request_id):
+        resp = self.post("/api/v1/retrieve_future", {"request_id": request_id, "allow_metadata_only": True})
+        assert 200 == resp.status_code, resp.text
+        return resp.json()
+
+    def call(self, path, body):
+        return self.result(self.submit(path, body))
+
+    def model(self, session_id=None, model_seq_id=0, rank=8, seed=None):
+        lora = {"rank": rank, "train_unembed": True, "train_mlp": True, "train_attn": True}
+        if seed is not None:
+            lora["seed"] = seed
+        body = {
+            "session_id": session_id or self.session(),
+            "model_seq_id": model_seq_id,
+            "base_model": self.BASE_MODEL,
+            "lora_config": lora,
+            "optimizer_config": {"type": "adamw"},
+            "type": "create_model",
+        }
+        return self.call("/api/v1/create_model", body)["model_id"]
+
+    def save(self, model_id, seq_id, name, **fields):
+        body = dict({"model_id": model_id, "path": name, "seq_id": seq_id, "overwrite": False}, **fields)
+        body["type"] = "save_weights"
+        return self.call("/api/v1/save_weights", body)
+
+    def load(self, path, optimizer, **address):
+        return self.call("/api/v1/load_weights", dict(address, path=path, optimizer=optimizer, type="load_weights"))
+
+    def step(self, model_id, seq_id, learning_rate=0.01):
+        params = {"learning_rate": learning_rate, "beta1": 0.9, "beta2": 0.95, "eps": 1e-12}
+        params.update(weight_decay=0.0, grad_clip_norm=0.0)
+        body = {"model_id": model_id, "seq_id": seq_id, "type": "optim_step", "adam_params": params}
+        return self.call("/api/v1/optim_step", body)
+
+    def info(self, model_id):
+        resp = self.get("/local/v1/models/" + model_id)
+        assert 200 == resp.status_code, resp.text
+        return resp.json()
+
+
+@pytest.fixture
+def api(local_server):
+    """An :class:`Api` bound to ``local_server``."""
+    return Api(local_server.url)
+
+
+@pytest.fixture
+def api_for():
+    """Return the :class:`Api` class, to bind helpers to servers a test starts itself."""
+    return Api
+
+
+# --------------------------------------------------------------------------- checkpoint management (manage, cli)
+
+MGMT_API_KEY = "tml-test-key-0123456789"
+
+
+@pytest.fixture
+def mgmt_server(tmp_path):
+    """A running ``LocalServer`` that requires ``MGMT_API_KEY`` on every API request."""
+    with LocalServer(tmp_path / "mgmt-server", api_key=MGMT_API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def mgmt_service(mgmt_server):
+    """A ``ServiceClient`` on ``mgmt_server`` with no back-off between retries."""
+    from tinkex_persist import ServiceClient
+
+    with ServiceClient(base_url=mgmt_server.url, api_key=MGMT_API_KEY, backoff_factor=0, max_retries=2) as service:
+        yield service
+
+
+@pytest.fixture
+def seed_run(mgmt_service):
+    """Return ``make(names, rank=8) -> (run_id, [paths])``: a new LoRA run with one checkpoint saved per name, in order."""
+    from tinkex_persist import save_state
+
+    def make(names, rank=8):
+        tc = mgmt_service.create_lora_training_client("Qwen/Qwen3-8B", rank=rank).result()
+        return tc.model_id, [save_state(tc, name).result().path for name in names]
+
+    return make
+
+
+# --------------------------------------------------------------------------- core client
+
+TEST_KEY = "tml-test-secret-key-abcdef"
+
+
+@pytest.fixture
+def service(local_server):
+    """A ``ServiceClient`` on ``local_server`` with instant retries and no heartbeat."""
+    from tinkex_persist import ServiceClient
+
+    with ServiceClient(base_url=local_server.url, api_key=TEST_KEY, backoff_factor=0, heartbeat_interval=None) as svc:
+        yield svc
+
+
+@pytest.fixture
+def training_client(service):
+    """A fresh LoRA ``TrainingClient`` on ``service``."""
+    return service.create_lora_training_client("Qwen/Qwen3-8B", rank=8, seed=3).result(timeout=30)
+
+
+@pytest.fixture
+def proxy(local_server):
+    """A fault-injecting proxy in front of ``local_server``."""
+    from faultproxy import FaultProxy
+
+    with FaultProxy(local_server.url) as p:
+        yield p

@@ -1,0 +1,575 @@
+"""Protocol state of the local server: sessions, models, futures, seq_id ordering, replays, stats and faults.
+
+Every endpoint is a method taking a decoded ``_wire`` request and returning a JSON-able answer, or raising
+:class:`HTTPError`. Operations run when submitted; their futures complete at once or after ``complete_delay``.
+"""
+
+import base64
+import collections
+import fnmatch
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from .. import _paths, _wire
+from ..exceptions import UsageError
+from ._model import ModelState
+from ._store import CheckpointStore, StoreError, checkpoint_json
+
+logger = logging.getLogger(__name__)
+
+#: Largest LoRA rank the local server accepts (a model holds ``rank * 256`` float64 values).
+MAX_RANK = 1024
+
+
+class HTTPError(Exception):
+    """An error answer: status code, a one-line ``detail`` and optional extra JSON fields."""
+
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body = {"detail": detail}
+        self.body.update(extra)
+
+
+class UserError(Exception):
+    """An accepted operation failed because of its arguments: the future fails with category ``user``."""
+
+
+class Stats:
+    """Request and response counters of a running server, keyed by request path (without the query)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: path -> number of requests received.
+        self.requests: "collections.Counter[str]" = collections.Counter()
+        #: (path, status) -> number of responses sent.
+        self.responses: "collections.Counter[Tuple[str, int]]" = collections.Counter()
+
+    def record(self, path: str, status: Optional[int] = None) -> None:
+        with self._lock:
+            if status is None:
+                self.requests[path] += 1
+            else:
+                self.responses[(path, status)] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.responses.clear()
+
+
+class Fault(NamedTuple):
+    """One injected fault; see :class:`FaultQueue`."""
+
+    path: str
+    method: Optional[str] = None
+    status: Optional[int] = None
+    body: Any = None
+    headers: Optional[Dict[str, str]] = None
+    drop: bool = False
+    delay: float = 0.0
+
+
+class FaultQueue:
+    """Thread-safe FIFO of one-shot faults, each used by the first request whose path matches it.
+
+    ``path`` is an ``fnmatch`` pattern on the request path (without the query), e.g. ``/api/v1/save_weights``
+    or ``/api/v1/training_runs/*``. A fault does one of:
+
+    * ``status=N`` (with optional ``body`` and ``headers``): answer N without processing the request;
+    * ``drop=True``: process (commit) the request, then close the connection without answering;
+    * ``delay=S``: process the request, then wait S seconds before answering (combines with the above).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: List[Fault] = []
+
+    def add(
+        self,
+        path: str,
+        *,
+        method: Optional[str] = None,
+        status: Optional[int] = None,
+        body: Any = None,
+        headers: Optional[Dict[str, str]] = None,
+        drop: bool = False,
+        delay: float = 0.0,
+        count: int = 1,
+    ) -> None:
+        """Queue ``count`` copies of a fault for requests matching ``path`` (and ``method`` if given)."""
+        fault = Fault(path, method and method.upper(), status, body, headers, drop, delay)
+        with self._lock:
+            self._faults.extend([fault] * count)
+
+    def take(self, method: str, path: str) -> Optional[Fault]:
+        """Remove and return the first fault matching this request, or None."""
+        with self._lock:
+            for i, f in enumerate(self._faults):
+                if (f.method is None or f.method == method) and fnmatch.fnmatchcase(path, f.path):
+                    return self._faults.pop(i)
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+
+class _Future:
+    __slots__ = ("id", "outcome", "done", "created")
+
+    def __init__(self, rid: str, outcome: Dict[str, Any], done: bool, created: float) -> None:
+        self.id, self.outcome, self.done, self.created = rid, outcome, done, created
+
+
+class _Model:
+    def __init__(self, model_id: str, session_id: str, state: ModelState, lora: Dict[str, bool]) -> None:
+        self.id = model_id
+        self.session_id = session_id
+        self.state = state
+        self.lora = lora
+        self.next_seq = 1
+        self.replays: Dict[int, Tuple[str, Dict[str, Any], Dict[str, Any]]] = {}
+
+
+def canonical(data: Any) -> str:
+    """Return the canonical JSON text of a decoded body, used to recognise identical replays."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+class Service:
+    """The protocol state behind one running :class:`LocalServer`; all methods are thread-safe."""
+
+    def __init__(self, store: CheckpointStore, opts: Dict[str, Any]) -> None:
+        self.store = store
+        self.opts = opts
+        self.clock: Callable[[], float] = opts["clock"]
+        self.seq_log: Dict[str, List[Optional[int]]] = collections.defaultdict(list)
+        self._cond = threading.Condition()
+        self._sessions: Dict[str, Dict[str, Any]] = {}
+        self._models: Dict[str, _Model] = {}
+        self._futures: Dict[str, _Future] = {}
+        self._idem: "collections.OrderedDict[str, Tuple[str, int, Any]]" = collections.OrderedDict()
+        self._timers: List[threading.Timer] = []
+        self._prefix = uuid.uuid4().hex[:8]
+        self._counter = 0
+        self._secret = os.urandom(32)
+        self._stopping = False
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            for t in self._timers:
+                t.cancel()
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ futures
+
+    def _new_future(self, outcome: Dict[str, Any]) -> _Future:
+        self._counter += 1
+        rid = "req-%s-%d" % (self._prefix, self._counter)
+        delay = self.opts["complete_delay"]
+        fut = self._futures[rid] = _Future(rid, outcome, delay <= 0, self.clock())
+        if delay > 0:
+            timer = threading.Timer(delay, self._complete, (fut,))
+            timer.daemon = True
+            self._timers.append(timer)
+            timer.start()
+        return fut
+
+    def _complete(self, fut: _Future) -> None:
+        with self._cond:
+            fut.done = True
+            self._timers = [t for t in self._timers if t.is_alive() and t is not threading.current_thread()]
+            self._cond.notify_all()
+
+    def _live_future(self, rid: str) -> Optional[_Future]:
+        fut = self._futures.get(rid)
+        if fut is not None and self.clock() > fut.created + self.opts["future_ttl"]:
+            del self._futures[rid]
+            return None
+        return fut
+
+    def retrieve_future(self, req: _wire.RetrieveFutureRequest) -> Tuple[int, Dict[str, Any]]:
+        """Answer a poll: the outcome, or ``try_again`` after the long-poll hold (410 if unknown)."""
+        with self._cond:
+            fut = self._live_future(req.request_id)
+            if fut is None:
+                raise HTTPError(410, "request %s is unknown or expired" % req.request_id)
+            if self.opts["long_poll"]:
+                deadline = time.monotonic() + self.opts["long_poll_timeout"]
+                while not fut.done and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            if fut.done:
+                return 200, fut.outcome
+        return self.opts["pending_status"], {"type": "try_again", "request_id": fut.id, "queue_state": "active"}
+
+    def _answer(self, model_id: str, outcome: Dict[str, Any]) -> Dict[str, Any]:
+        return {"request_id": self._new_future(outcome).id, "model_id": model_id}
+
+    def _replayed(self, answer: Dict[str, Any], outcome: Dict[str, Any]) -> Dict[str, Any]:
+        # The original answer, unless its future has expired: then the same outcome under a new id.
+        if self._live_future(answer["request_id"]) is not None:
+            return answer
+        return self._answer(answer["model_id"], outcome)
+
+    # ------------------------------------------------------------------ idempotency keys
+
+    def idempotent(self, key: Optional[str], body_key: str, fn: Callable[[], Tuple[int, Any]]) -> Tuple[int, Any]:
+        """Run ``fn`` once per ``X-Idempotency-Key``; a repeat with the same body gets the first answer."""
+        if not key:
+            return fn()
+        with self._cond:
+            seen = self._idem.get(key)
+        if seen is not None:
+            if seen[0] != body_key:
+                raise HTTPError(400, "X-Idempotency-Key %s was already used with a different body" % key[:80])
+            return seen[1], seen[2]
+        status, obj = fn()
+        if status < 300:
+            with self._cond:
+                self._idem[key] = (body_key, status, obj)
+                while len(self._idem) > 10000:
+                    self._idem.popitem(last=False)
+        return status, obj
+
+    # ------------------------------------------------------------------ sessions
+
+    def create_session(self, req: _wire.CreateSessionRequest) -> Dict[str, Any]:
+        with self._cond:
+            sid = str(uuid.uuid4())
+            self._sessions[sid] = {"finished": False, "submits": {}, "tags": list(req.tags)}
+        return {"type": "create_session", "session_id": sid}
+
+    def _session(self, sid: str, *, live: bool = True) -> Dict[str, Any]:
+        session = self._sessions.get(sid)
+        if session is None:
+            raise HTTPError(404, "session %s not found (sessions do not survive a server restart)" % sid)
+        if live and session["finished"]:
+            raise HTTPError(410, "session %s is finished" % sid)
+        return session
+
+    def heartbeat(self, req: _wire.SessionHeartbeatRequest) -> Dict[str, Any]:
+        with self._cond:
+            self._session(req.session_id)
+        return {"type": "session_heartbeat"}
+
+    def finish_session(self, sid: str, req: _wire.FinishSessionRequest) -> Dict[str, Any]:
+        with self._cond:
+            self._session(sid, live=False)["finished"] = True
+        return {}
+
+    # ------------------------------------------------------------------ models
+
+    def _model(self, model_id: str) -> _Model:
+        model = self._models.get(model_id)
+        if model is None:
+            raise HTTPError(404, "model %s not found (models do not survive a server restart)" % model_id)
+        return model
+
+    def _session_submit(
+        self, sid: str, model_seq_id: int, key: str, create: Callable[[str], Dict[str, Any]]
+    ) -> Dict[str, Any]:
+        # create_model and session-addressed load_weights share the session's model_seq_id space.
+        session = self._session(sid)
+        seen = session["submits"].get(model_seq_id)
+        if seen is not None:
+            if seen[0] != key:
+                raise HTTPError(400, "model_seq_id %d of session %s was already used" % (model_seq_id, sid))
+            return self._replayed(seen[1], seen[2])
+        model_id = "%s:train:%d" % (sid, model_seq_id)
+        try:
+            outcome = create(model_id)
+        except UserError as exc:
+            outcome = {"error": str(exc), "category": "user"}
+        answer = self._answer(model_id, outcome)
+        session["submits"][model_seq_id] = (key, answer, outcome)
+        return answer
+
+    def create_model(self, req: _wire.CreateModelRequest, key: str) -> Dict[str, Any]:
+        lora = req.lora_config
+        if lora is None:
+            raise HTTPError(400, "lora_config is required: the local server trains LoRA models only")
+        if not 1 <= lora.rank <= MAX_RANK:
+            raise HTTPError(400, "lora_config.rank=%d is out of range 1-%d" % (lora.rank, MAX_RANK))
+        if req.optimizer_config.type != "adamw":
+            raise HTTPError(400, "optimizer_config.type=%r is not supported; use 'adamw'" % req.optimizer_config.type)
+
+        def create(model_id: str) -> Dict[str, Any]:
+            flags = {"train_unembed": lora.train_unembed, "train_mlp": lora.train_mlp, "train_attn": lora.train_attn}
+            state = ModelState(req.base_model, lora.rank, lora.seed)
+            self._models[model_id] = _Model(model_id, req.session_id, state, flags)
+            return {"model_id": model_id, "type": "create_model"}
+
+        with self._cond:
+            return self._session_submit(req.session_id, req.model_seq_id, key, create)
+
+    def get_info(self, req: _wire.GetInfoRequest) -> Dict[str, Any]:
+        with self._cond:
+            model = self._model(req.model_id)
+        base = model.state.base_model
+        return {
+            "type": "get_info",
+            "model_data": {"arch": base.split("/")[-1].split("-")[0].lower(), "model_name": base, "tokenizer_id": base},
+            "model_id": model.id,
+            "optimizer_config": {"type": "adamw"},
+            "is_lora": True,
+            "lora_rank": model.state.rank,
+            "model_name": base,
+        }
+
+    def model_info(self, model_id: str) -> Dict[str, Any]:
+        """Return the inspection view of a model: step, digests and the next expected seq_id."""
+        with self._cond:
+            model = self._model(model_id)
+            weights, optimizer = model.state.digests()
+            return {
+                "model_id": model.id,
+                "session_id": model.session_id,
+                "base_model": model.state.base_model,
+                "lora_rank": model.state.rank,
+                "num_values": len(model.state.weights),
+                "step": model.state.step,
+                "next_seq_id": model.next_seq,
+                "weights_sha256": weights,
+                "optimizer_sha256": optimizer,
+            }
+
+    # ------------------------------------------------------------------ ordered submissions
+
+    def _submit(
+        self, model_id: str, seq_id: Optional[int], key: str, op: Callable[[_Model], Dict[str, Any]]
+    ) -> Dict[str, Any]:
+        with self._cond:
+            model = self._model(model_id)
+            self.seq_log[model_id].append(seq_id)
+            if seq_id is not None:
+                deadline = time.monotonic() + self.opts["seq_wait"]
+                while seq_id > model.next_seq and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if seq_id < model.next_seq:
+                    seen = model.replays.get(seq_id)
+                    if seen is None or seen[0] != key:
+                        raise HTTPError(
+                            400,
+                            "seq_id %d of model %s was already used by a different request (next expected: %d)"
+                            % (seq_id, model_id, model.next_seq),
+                        )
+                    return self._replayed(seen[1], seen[2])
+                if seq_id > model.next_seq:
+                    raise HTTPError(
+                        400,
+                        "seq_id %d of model %s is ahead of the expected %d; the gap was not filled in %.1fs"
+                        % (seq_id, model_id, model.next_seq, self.opts["seq_wait"]),
+                    )
+            try:
+                outcome = op(model)
+            except UserError as exc:
+                outcome = {"error": str(exc), "category": "user"}
+            answer = self._answer(model_id, outcome)
+            if seq_id is not None:
+                model.replays[seq_id] = (key, answer, outcome)
+                model.next_seq += 1
+                self._cond.notify_all()
+            return answer
+
+    def _checkpoint(self, path: str) -> Dict[str, Any]:
+        try:
+            parsed = _paths.parse_path(path)
+        except UsageError as exc:
+            raise UserError(exc.message) from None
+        entry = self.store.get(str(parsed))
+        if entry is None:
+            raise UserError("checkpoint %s not found (it may have expired or been deleted)" % path)
+        return entry
+
+    def save_weights(self, req: _wire.SaveWeightsRequest, key: str) -> Dict[str, Any]:
+        def op(model: _Model) -> Dict[str, Any]:
+            name = req.path if req.path is not None else "checkpoint-%s" % uuid.uuid4().hex[:12]
+            info = {"base_model": model.state.base_model, "lora_rank": model.state.rank, "step": model.state.step}
+            info.update(model.lora)
+            try:
+                entry = self.store.save(
+                    model.id,
+                    name,
+                    model.state.weights_bytes(),
+                    model.state.optimizer_bytes(),
+                    info,
+                    req.ttl_seconds,
+                    req.overwrite,
+                    req.user_metadata,
+                    self.opts["save_hook"],
+                )
+            except StoreError as exc:
+                raise UserError(str(exc)) from None
+            return {"path": entry["tinker_path"], "type": "save_weights"}
+
+        return self._submit(req.model_id, req.seq_id, key, op)
+
+    def _restore(self, model: _Model, entry: Dict[str, Any], optimizer: bool) -> None:
+        if (entry["base_model"], entry["lora_rank"]) != (model.state.base_model, model.state.rank):
+            raise UserError(
+                "checkpoint %s (%s, rank %d) does not fit model %s (%s, rank %d)"
+                % (
+                    entry["tinker_path"],
+                    entry["base_model"],
+                    entry["lora_rank"],
+                    model.id,
+                    model.state.base_model,
+                    model.state.rank,
+                )
+            )
+        try:
+            weights, opt = self.store.read(entry)
+        except StoreError as exc:
+            raise UserError(str(exc)) from None
+        model.state.restore(weights, opt if optimizer else None)
+
+    def load_weights(self, req: _wire.LoadWeightsRequest, key: str) -> Dict[str, Any]:
+        if not self.opts["session_load"] and (req.session_id is not None or req.model_seq_id is not None):
+            # What a server predating session addressing answers: its strict decoder knows no such keys.
+            raise HTTPError(400, "invalid LoadWeightsRequest: extra fields found (session_id, model_seq_id) @ $")
+        by_session = req.session_id is not None and req.model_seq_id is not None
+        by_model = req.model_id is not None and req.session_id is None and req.model_seq_id is None
+        if not by_model and not (by_session and req.model_id is None and req.seq_id is None):
+            raise HTTPError(
+                400, "load_weights takes either model_id and seq_id, or session_id and model_seq_id (not both)"
+            )
+        if by_model:
+
+            def op(model: _Model) -> Dict[str, Any]:
+                if model.next_seq != 1 and not self.opts["allow_late_load"]:
+                    raise UserError(
+                        "load_weights on model %s is accepted only as its first request after create_model "
+                        "(seq_id 1); create a new training client with "
+                        "ServiceClient.create_training_client_from_state() instead" % model.id
+                    )
+                if req.optimizer_config is not None:
+                    raise UserError("optimizer_config cannot be changed on an existing model")
+                self._restore(model, self._checkpoint(req.path), req.optimizer)
+                return {"path": req.path, "model_id": model.id, "type": "load_weights"}
+
+            return self._submit(req.model_id, req.seq_id, key, op)
+
+        def create(model_id: str) -> Dict[str, Any]:
+            entry = self._checkpoint(req.path)
+            base = entry["base_model"] if req.base_model is None else req.base_model
+            if base != entry["base_model"]:
+                raise UserError("base_model %r does not match the checkpoint's %r" % (base, entry["base_model"]))
+            if req.optimizer and req.optimizer_config is not None:
+                raise UserError("optimizer_config cannot override restored optimizer state")
+            if req.optimizer_config is not None and req.optimizer_config.type != "adamw":
+                raise UserError("optimizer_config.type=%r is not supported" % req.optimizer_config.type)
+            flags = {k: entry[k] for k in ("train_unembed", "train_mlp", "train_attn")}
+            model = _Model(model_id, req.session_id, ModelState(base, entry["lora_rank"]), flags)  # type: ignore[arg-type]
+            self._restore(model, entry, req.optimizer)
+            self._models[model_id] = model
+            return {"path": req.path, "model_id": model_id, "type": "load_weights"}
+
+        with self._cond:
+            return self._session_submit(req.session_id, req.model_seq_id, key, create)  # type: ignore[arg-type]
+
+    def optim_step(self, req: _wire.OptimStepRequest, key: str) -> Dict[str, Any]:
+        p = req.adam_params
+
+        def op(model: _Model) -> Dict[str, Any]:
+            if p.learning_rate < 0 or not (0 <= p.beta1 < 1 and 0 <= p.beta2 < 1) or p.eps < 0:
+                raise UserError("adam_params out of range: %r" % (p,))
+            metrics = model.state.adamw_step(p.learning_rate, p.beta1, p.beta2, p.eps, p.weight_decay, p.grad_clip_norm)
+            return {"metrics": metrics}
+
+        return self._submit(req.model_id, req.seq_id, key, op)
+
+    # ------------------------------------------------------------------ REST
+
+    def weights_info(self, req: _wire.WeightsInfoRequest) -> Dict[str, Any]:
+        try:
+            entry = self._checkpoint(req.tinker_path)
+        except UserError as exc:
+            raise HTTPError(404, str(exc)) from None
+        out = {"base_model": entry["base_model"], "optimizer_config": {"type": "adamw"}, "is_lora": True}
+        out.update((k, entry[k]) for k in ("lora_rank", "train_unembed", "train_mlp", "train_attn"))
+        return out
+
+    def list_run(self, run_id: str) -> Dict[str, Any]:
+        entries = self.store.list(run_id)
+        with self._cond:
+            known = run_id in self._models
+        if not entries and not known and run_id not in self.store.run_ids():
+            raise HTTPError(404, "training run %s not found" % run_id)
+        return {"checkpoints": [checkpoint_json(e) for e in entries]}
+
+    def list_user(self, limit: int, offset: int) -> Dict[str, Any]:
+        entries = self.store.list()
+        page = entries[offset : offset + limit]
+        return {
+            "checkpoints": [checkpoint_json(e) for e in page],
+            "cursor": {"offset": offset, "limit": limit, "total_count": len(entries)},
+        }
+
+    @staticmethod
+    def tinker_path(run_id: str, kind: str, name: str) -> str:
+        if kind != "weights":
+            raise HTTPError(
+                404, "checkpoint %s/%s not found: the local server stores training weights only" % (kind, name)
+            )
+        return str(_paths.TinkerPath(run_id, kind, name))
+
+    def delete(self, path: str) -> None:
+        if not self.store.delete(path):
+            raise HTTPError(404, "checkpoint %s not found" % path)
+
+    def set_ttl(self, path: str, req: _wire.SetTtlRequest) -> None:
+        try:
+            ttl = _paths.check_ttl(req.ttl_seconds)
+        except UsageError as exc:
+            raise HTTPError(400, exc.message) from None
+        if not self.store.update(path, expires_at=None if ttl is None else self.clock() + ttl):
+            raise HTTPError(404, "checkpoint %s not found" % path)
+
+    def set_public(self, path: str, public: bool) -> None:
+        if not self.store.update(path, public=public):
+            raise HTTPError(404, "checkpoint %s not found" % path)
+
+    # ------------------------------------------------------------------ signed archive URLs
+
+    def sign(self, path: str) -> Tuple[str, float]:
+        """Return a signed download token for a checkpoint's archive, and its expiry (epoch seconds)."""
+        entry = self.store.get(path)
+        if entry is None:
+            raise HTTPError(404, "checkpoint %s not found" % path)
+        expires = float(int(self.clock() + self.opts["archive_url_ttl"]))
+        payload = base64.urlsafe_b64encode(canonical({"p": path, "d": entry["dir"], "e": expires}).encode()).decode()
+        sig = hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()
+        return "%s.%s" % (payload.rstrip("="), sig), expires
+
+    def verify(self, token: str) -> Dict[str, Any]:
+        """Return the checkpoint entry a download token grants, or raise 403/404."""
+        payload, _, sig = token.partition(".")
+        good = hmac.new(self._secret, (payload + "=" * (-len(payload) % 4)).encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(sig.encode("utf-8"), good.encode()):
+            raise HTTPError(403, "invalid download signature")
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        if self.clock() > claims["e"]:
+            raise HTTPError(403, "download URL expired")
+        entry = self.store.get(claims["p"])
+        if entry is None or entry["dir"] != claims["d"]:
+            raise HTTPError(404, "checkpoint %s no longer exists in this version" % claims["p"])
+        return entry

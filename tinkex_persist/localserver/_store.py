@@ -1,0 +1,261 @@
+"""Directory-backed checkpoint store of the local server: atomic saves, an index file, TTLs and tar archives.
+
+Layout under ``root``: ``index.json`` (the only source of truth for what exists), ``data/<uuid>/`` (one
+committed checkpoint: ``weights.bin``, ``optimizer.bin``, ``manifest.json``) and ``tmp/`` (saves in progress).
+"""
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tarfile
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .. import _paths
+from ..exceptions import UsageError
+
+logger = logging.getLogger(__name__)
+
+FILES = ("weights.bin", "optimizer.bin")
+MANIFEST = "manifest.json"
+
+
+class StoreError(Exception):
+    """A checkpoint operation failed for a reason the caller can fix."""
+
+
+def iso(ts: Optional[float]) -> Optional[str]:
+    """Format an epoch time as RFC 3339 UTC with a ``Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class CheckpointStore:
+    """Training checkpoints on disk, keyed by ``tinker://<run_id>/weights/<name>``. Thread-safe."""
+
+    def __init__(self, root: str, clock: Callable[[], float]) -> None:
+        self.root = os.path.abspath(root)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._data = os.path.join(self.root, "data")
+        self._tmp = os.path.join(self.root, "tmp")
+        self._index_path = os.path.join(self.root, "index.json")
+        self._archives: Dict[str, Tuple[bytes, str]] = {}
+        for d in (self.root, self._data, self._tmp):
+            os.makedirs(d, exist_ok=True)
+        self._index: Dict[str, Dict[str, Any]] = {}
+        if os.path.exists(self._index_path):
+            with open(self._index_path, "rb") as f:
+                self._index = json.load(f)["checkpoints"]
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        # A save killed before its index write leaves a tmp dir or an unreferenced data dir: both are invisible.
+        referenced = {e["dir"] for e in self._index.values()}
+        for name in os.listdir(self._tmp):
+            shutil.rmtree(os.path.join(self._tmp, name), ignore_errors=True)
+        for name in os.listdir(self._data):
+            if name not in referenced:
+                logger.debug("removing orphan checkpoint dir %s", name)
+                shutil.rmtree(os.path.join(self._data, name), ignore_errors=True)
+        for name in os.listdir(self.root):
+            if name.startswith("index.json.") and name.endswith(".tmp"):
+                os.unlink(os.path.join(self.root, name))
+
+    def _write_index(self, index: Dict[str, Dict[str, Any]]) -> None:
+        tmp = "%s.%s.tmp" % (self._index_path, uuid.uuid4().hex)
+        _write_file(tmp, json.dumps({"version": 1, "checkpoints": index}, sort_keys=True).encode("utf-8"))
+        os.replace(tmp, self._index_path)
+        _fsync_dir(self.root)
+        self._index = index
+
+    def _live(self, entry: Optional[Dict[str, Any]]) -> bool:
+        return entry is not None and (entry["expires_at"] is None or entry["expires_at"] > self.clock())
+
+    def _drop(self, paths: List[str]) -> None:
+        index = {k: v for k, v in self._index.items() if k not in paths}
+        dirs = [self._index[p]["dir"] for p in paths]
+        self._write_index(index)
+        for d in dirs:
+            self._archives.pop(d, None)
+            shutil.rmtree(os.path.join(self._data, d), ignore_errors=True)
+
+    def _purge_expired(self) -> None:
+        expired = [p for p, e in self._index.items() if not self._live(e)]
+        if expired:
+            logger.debug("removing %d expired checkpoints", len(expired))
+            self._drop(expired)
+
+    def get(self, tinker_path: str) -> Optional[Dict[str, Any]]:
+        """Return the index entry of a live checkpoint, or None."""
+        with self._lock:
+            entry = self._index.get(tinker_path)
+            return dict(entry) if self._live(entry) else None
+
+    def list(self, run_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Return live entries, newest first, of one run or of all runs."""
+        with self._lock:
+            self._purge_expired()
+            entries = [dict(e) for e in self._index.values() if run_id is None or e["run_id"] == run_id]
+        entries.sort(key=lambda e: (-e["time"], e["tinker_path"]))
+        return entries
+
+    def run_ids(self) -> List[str]:
+        with self._lock:
+            return sorted({e["run_id"] for e in self._index.values()})
+
+    def save(
+        self,
+        run_id: str,
+        name: str,
+        weights: bytes,
+        optimizer: bytes,
+        info: Dict[str, Any],
+        ttl_seconds: Optional[int],
+        overwrite: bool,
+        user_metadata: Optional[Dict[str, str]],
+        hook: Optional[Callable[[str, str], None]] = None,
+    ) -> Dict[str, Any]:
+        """Write a checkpoint atomically: temp dir, fsync, rename, then the index. Return its entry."""
+        try:
+            _paths.check_name(name)
+            _paths.check_ttl(ttl_seconds)
+        except UsageError as exc:
+            raise StoreError(exc.message) from None
+        path = str(_paths.TinkerPath(run_id, "weights", name))
+        with self._lock:
+            old = self._index.get(path)
+            if self._live(old) and not overwrite:
+                raise StoreError("checkpoint %s already exists; pass overwrite=True to replace it" % path)
+            key = uuid.uuid4().hex
+            tmp = os.path.join(self._tmp, key)
+            os.mkdir(tmp)
+            files = {}
+            for fname, data in zip(FILES, (weights, optimizer)):
+                _write_file(os.path.join(tmp, fname), data)
+                files[fname] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            now = self.clock()
+            manifest = dict(info, format=1, tinker_path=path, created=iso(now), files=files)
+            manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
+            _write_file(os.path.join(tmp, MANIFEST), manifest_bytes)
+            _fsync_dir(tmp)
+            if hook:
+                hook("files_written", path)
+            os.rename(tmp, os.path.join(self._data, key))
+            _fsync_dir(self._data)
+            if hook:
+                hook("dir_renamed", path)
+            entry = dict(
+                info,
+                run_id=run_id,
+                name=name,
+                tinker_path=path,
+                dir=key,
+                time=now,
+                expires_at=None if ttl_seconds is None else now + ttl_seconds,
+                size_bytes=len(weights) + len(optimizer) + len(manifest_bytes),
+                user_metadata=user_metadata,
+                public=False,
+                weights_sha256=files["weights.bin"]["sha256"],
+                optimizer_sha256=files["optimizer.bin"]["sha256"],
+            )
+            index = dict(self._index)
+            index[path] = entry
+            self._write_index(index)
+            if hook:
+                hook("index_written", path)
+            if old is not None:
+                self._archives.pop(old["dir"], None)
+                shutil.rmtree(os.path.join(self._data, old["dir"]), ignore_errors=True)
+            return dict(entry)
+
+    def read(self, entry: Dict[str, Any]) -> Tuple[bytes, bytes]:
+        """Return the weights and optimizer bytes of a checkpoint, checked against its manifest."""
+        d = os.path.join(self._data, entry["dir"])
+        out = []
+        for fname, digest in zip(FILES, (entry["weights_sha256"], entry["optimizer_sha256"])):
+            with open(os.path.join(d, fname), "rb") as f:
+                data = f.read()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise StoreError(
+                    "checkpoint %s is corrupt: %s does not match its sha256" % (entry["tinker_path"], fname)
+                )
+            out.append(data)
+        return out[0], out[1]
+
+    def delete(self, tinker_path: str) -> bool:
+        with self._lock:
+            if not self._live(self._index.get(tinker_path)):
+                return False
+            self._drop([tinker_path])
+            return True
+
+    def update(self, tinker_path: str, **changes: Any) -> bool:
+        """Change ``expires_at`` or ``public`` of a live checkpoint; False if there is none."""
+        with self._lock:
+            entry = self._index.get(tinker_path)
+            if not self._live(entry):
+                return False
+            index = dict(self._index)
+            index[tinker_path] = dict(entry, **changes)
+            self._write_index(index)
+            return True
+
+    def archive(self, entry: Dict[str, Any]) -> Tuple[bytes, str]:
+        """Return a deterministic tar of the checkpoint's files and its sha256 hex digest."""
+        with self._lock:
+            cached = self._archives.get(entry["dir"])
+            if cached is not None:
+                return cached
+            buf = io.BytesIO()
+            d = os.path.join(self._data, entry["dir"])
+            with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for fname in sorted(FILES + (MANIFEST,)):
+                    with open(os.path.join(d, fname), "rb") as f:
+                        data = f.read()
+                    ti = tarfile.TarInfo(fname)
+                    ti.size, ti.mtime, ti.mode = len(data), int(entry["time"]), 0o644
+                    tar.addfile(ti, io.BytesIO(data))
+            blob = buf.getvalue()
+            self._archives[entry["dir"]] = result = (blob, hashlib.sha256(blob).hexdigest())
+            return result
+
+
+def checkpoint_json(entry: Dict[str, Any]) -> Dict[str, Any]:
+    """Return the wire form of one checkpoint (``Checkpoint`` in the SDK)."""
+    return {
+        "checkpoint_id": "weights/%s" % entry["name"],
+        "checkpoint_type": "training",
+        "time": iso(entry["time"]),
+        "tinker_path": entry["tinker_path"],
+        "size_bytes": entry["size_bytes"],
+        "public": entry["public"],
+        "user_metadata": entry["user_metadata"],
+        "expires_at": iso(entry["expires_at"]),
+    }
