@@ -1,0 +1,591 @@
+"""The ``tinkex-persist`` command line: argparse ``main(argv) -> int``, one function per subcommand.
+
+Exit codes: 0 success, 1 API, transport or local failure, 2 usage error, 3 partial failure (some deletes
+failed). ``--json`` prints machine-readable results on stdout; progress and diagnostics go to stderr.
+The API key comes from ``TINKER_API_KEY`` or ``--api-key-file``, never from the command line.
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+
+from . import __version__, manage
+from .client import ServiceClient
+from .config import ENV_API_KEY, ENV_BASE_URL, Config
+from ._paths import parse_path
+from .exceptions import APIStatusError, ConfigError, TinkexPersistError, UsageError
+
+logger = logging.getLogger(__name__)
+
+#: The package's logger name (``tinkex_persist``, or the vendored package's name).
+PACKAGE_LOGGER = __name__.rpartition(".")[0]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+PROG = "tinkex-persist"
+
+
+class _Exit(Exception):
+    """Stop with an exit code after the message was printed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _Cancelled(Exception):
+    """Raised from the progress callback to stop a download after Ctrl-C."""
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _size(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return "%d B" % n if unit == "B" else "%.1f %s" % (value, unit)
+        value /= 1024
+    return "%d B" % n  # pragma: no cover
+
+
+def _when(value: Optional[datetime.datetime]) -> str:
+    return "never" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(rows: List[List[str]], header: List[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    return "\n".join(lines)
+
+
+def _yes_no(value: Optional[bool]) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+class _Output:
+    """Where results, diagnostics and progress go."""
+
+    def __init__(self, args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
+        self.json = bool(getattr(args, "json", False))
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.progress = bool(getattr(args, "progress", False)) or _isatty(stderr)
+
+    def result(self, human: str, data: Any) -> None:
+        if self.json:
+            self.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        elif human:
+            self.stdout.write(human + "\n")
+        self.stdout.flush()
+
+    def note(self, text: str) -> None:
+        self.stderr.write(text + "\n")
+        self.stderr.flush()
+
+    def error(self, exc: BaseException) -> None:
+        self.note("error: %s" % (exc,))
+        if self.json:
+            err: Dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+            if isinstance(exc, APIStatusError):
+                err["status_code"] = exc.status_code
+                err["request_id"] = exc.request_id
+            self.stdout.write(json.dumps({"error": err}, indent=2) + "\n")
+            self.stdout.flush()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+def _date(text: str) -> datetime.datetime:
+    try:
+        value = manage._parse_time(text)
+    except ValueError:
+        value = None
+    if value is None:
+        raise argparse.ArgumentTypeError("%r is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][Z|+HH:MM]" % text)
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("%r is not a positive integer" % text)
+    return value
+
+
+def _seconds(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number of seconds" % text) from None
+
+
+def _common() -> argparse.ArgumentParser:
+    # Accepted both before and after the subcommand. SUPPRESS keeps a subcommand's parser from resetting
+    # what was given before it.
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--base-url", default=argparse.SUPPRESS, metavar="URL",
+                   help="API root (default: $%s, else the hosted service)" % ENV_BASE_URL)
+    g.add_argument("--api-key-file", default=argparse.SUPPRESS, metavar="FILE",
+                   help="read the API key from FILE (default: $%s); never pass a key on the command line" % ENV_API_KEY)
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON on stdout")
+    g.add_argument("--progress", action="store_true", default=argparse.SUPPRESS,
+                   help="report progress on stderr even when it is not a terminal")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log requests at DEBUG on stderr (secrets redacted)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``tinkex-persist``."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Manage Tinker checkpoints: inspect, list, delete, retain, expire and download them.",
+        parents=[common],
+        epilog="Exit codes: 0 success, 1 API/transport failure, 2 usage error, 3 some deletes failed.",
+    )
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    p = add("serve", "run a local Tinker-compatible checkpoint server in the foreground (Ctrl-C stops it)")
+    p.add_argument("--root", required=True, metavar="DIR", help="directory holding the checkpoints")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port to bind (default: a free one)")
+    p.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
+    p.set_defaults(func=cmd_serve)
+
+    p = add("demo", "run the save/resume demo against a throw-away local server")
+    p.set_defaults(func=cmd_demo)
+
+    p = add("info", "describe a checkpoint: base model, LoRA rank, trained layers")
+    p.add_argument("path", metavar="PATH", help="tinker://<run_id>/weights/<name>")
+    p.set_defaults(func=cmd_info)
+
+    p = add("list", "list the checkpoints of a run, or all of yours")
+    p.add_argument("--run", metavar="RUN", help="training run id (default: every run)")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="show at most N checkpoints")
+    p.set_defaults(func=cmd_list)
+
+    p = add("delete", "delete checkpoints by path, or a run's checkpoints by creation time")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="tinker:// paths to delete")
+    p.add_argument("--run", metavar="RUN", help="select the checkpoints of this run instead of naming paths")
+    p.add_argument("--before", type=_date, metavar="DATE", help="with --run: only those created before DATE (UTC)")
+    p.add_argument("--after", type=_date, metavar="DATE", help="with --run: only those created after DATE (UTC)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted; delete nothing")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_delete)
+
+    p = add("keep-last", "delete all but the newest N training checkpoints of a run")
+    p.add_argument("n", type=_positive_int, metavar="N", help="how many of the newest to keep (>= 1)")
+    p.add_argument("--run", required=True, metavar="RUN", help="training run id")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted; delete nothing")
+    p.set_defaults(func=cmd_keep_last)
+
+    p = add("ttl", "set or remove a checkpoint's expiry")
+    p.add_argument("path", metavar="PATH", help="tinker:// path of the checkpoint")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--set", type=_seconds, metavar="SECONDS", dest="ttl_seconds", help="expire SECONDS from now")
+    g.add_argument("--remove", action="store_true", help="never expire")
+    p.set_defaults(func=cmd_ttl)
+
+    p = add("download", "download, verify and extract a checkpoint archive (resumes an interrupted download)")
+    p.add_argument("path", metavar="PATH", help="tinker:// path of the checkpoint")
+    p.add_argument("--dest", default=".", metavar="DIR",
+                   help="extract under DIR/<run_id>/<kind>/<name> (default: current directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an already extracted copy")
+    p.add_argument("--keep-archive", action="store_true", help="keep the verified .tar next to the directory")
+    p.add_argument("--wait", type=float, default=manage.DEFAULT_ARCHIVE_WAIT, metavar="SECONDS",
+                   help="longest wait for the archive to be built (default %(default)s)")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _read_key_file(path: str) -> str:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            key = f.read().strip()
+    except OSError as exc:
+        raise ConfigError("cannot read the API key file %s: %s" % (path, exc.strerror or exc)) from None
+    if not key or "\n" in key:
+        raise ConfigError("API key file %s must hold exactly one non-empty line" % path)
+    return key
+
+
+def _service(args: argparse.Namespace) -> ServiceClient:
+    key_file = getattr(args, "api_key_file", None)
+    api_key = _read_key_file(key_file) if key_file else None
+    config = Config.from_env(base_url=getattr(args, "base_url", None), api_key=api_key)
+    return ServiceClient(config=config)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
+    """Run the local server until Ctrl-C or SIGTERM."""
+    from .localserver import LocalServer, serve_forever
+
+    api_key = None
+    if args.api_key_env:
+        # The variable's name is chosen at run time, so Config.from_env cannot know it.
+        api_key = os.getenv(args.api_key_env)
+        if not api_key:
+            raise UsageError("environment variable %s (from --api-key-env) is not set or empty" % args.api_key_env)
+    out.note("serving checkpoints from %s (%s); Ctrl-C stops"
+             % (os.path.abspath(args.root), "API key required" if api_key else "no API key required"))
+    # SIGTERM stops the server like Ctrl-C, also when it arrives right after the URL is printed and
+    # before the server's own handler is in place.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        if not out.json:
+            serve_forever(args.root, args.host, args.port, api_key)
+            return EXIT_OK
+        server = LocalServer(args.root, args.host, args.port, api_key)
+        server._bind()
+        try:
+            out.result("", {"url": server.url, "root": os.path.abspath(args.root), "api_key_required": bool(api_key)})
+            server.serve_forever()
+        finally:
+            server.stop()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return EXIT_OK
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
+    """Run ``demo.main()``; with --json its narration goes to stderr and stdout gets ``{"ok": ...}``."""
+    try:
+        from . import demo
+    except ImportError as exc:
+        out.note("error: the demo is not available in this installation (%s)" % exc)
+        return EXIT_FAILURE
+    if not out.json:
+        code = demo.main()
+        return EXIT_OK if code is None else int(code)
+    with contextlib.redirect_stdout(out.stderr):  # the demo narrates; stdout keeps only the JSON verdict
+        code = demo.main()
+    code = EXIT_OK if code is None else int(code)
+    out.result("", {"ok": code == EXIT_OK, "exit_code": code})
+    return code
+
+
+def cmd_info(args: argparse.Namespace, out: _Output) -> int:
+    """Describe one checkpoint."""
+    with _service(args) as service:
+        info = manage.get_weights_info(service, args.path).result()
+    data = {
+        "tinker_path": args.path,
+        "base_model": info.base_model,
+        "is_lora": info.is_lora,
+        "lora_rank": info.lora_rank,
+        "train_unembed": info.train_unembed,
+        "train_mlp": info.train_mlp,
+        "train_attn": info.train_attn,
+        "optimizer": info.optimizer,
+    }
+    rows = [
+        ["path", args.path],
+        ["base model", info.base_model],
+        ["LoRA", _yes_no(info.is_lora)],
+        ["LoRA rank", "-" if info.lora_rank is None else str(info.lora_rank)],
+        ["trains MLP", _yes_no(info.train_mlp)],
+        ["trains attention", _yes_no(info.train_attn)],
+        ["trains unembedding", _yes_no(info.train_unembed)],
+        ["optimizer", info.optimizer or "-"],
+    ]
+    width = max(len(r[0]) for r in rows)
+    out.result("\n".join("%s  %s" % (k.ljust(width), v) for k, v in rows), data)
+    return EXIT_OK
+
+
+def _checkpoint_rows(checkpoints: Sequence[manage.CheckpointInfo]) -> str:
+    rows = [[c.tinker_path, c.checkpoint_type, _when(c.time), _size(c.size_bytes), _when(c.expires_at)]
+            for c in checkpoints]
+    return _table(rows, ["PATH", "TYPE", "CREATED", "SIZE", "EXPIRES"])
+
+
+def cmd_list(args: argparse.Namespace, out: _Output) -> int:
+    """List checkpoints."""
+    with _service(args) as service:
+        checkpoints = manage.list_checkpoints(service, args.run, limit=args.limit).result()
+    total = sum(c.size_bytes or 0 for c in checkpoints)
+    if checkpoints:
+        human = "%s\n\n%d checkpoint(s), %s" % (_checkpoint_rows(checkpoints), len(checkpoints), _size(total))
+    else:
+        human = "no checkpoints" + (" in run %s" % args.run if args.run else "")
+    out.result(human, {"checkpoints": [c.to_json() for c in checkpoints]})
+    return EXIT_OK
+
+
+_VERBS = {"deleted": "deleted", "would_delete": "would delete", "not_found": "not found", "failed": "FAILED"}
+
+
+def _report_lines(report: manage.DeleteReport) -> List[str]:
+    lines = []
+    for o in report.outcomes:
+        line = "%-12s  %s" % (_VERBS.get(o.status, o.status), o.path)
+        if o.size_bytes is not None and o.ok:
+            line += "  (%s)" % _size(o.size_bytes)
+        if o.error is not None:
+            line += ": %s" % o.error
+        lines.append(line)
+    ok = [o for o in report.outcomes if o.ok]
+    freed = _size(sum(o.size_bytes or 0 for o in ok))
+    if report.dry_run:
+        summary = "dry run: %d checkpoint(s) would be deleted (%s); nothing was deleted" % (len(ok), freed)
+    else:
+        summary = "%d checkpoint(s) deleted (%s freed)" % (len(ok), freed)
+    failed = len(report.outcomes) - len(ok)
+    if failed:
+        summary += "; %d not deleted" % failed
+    return lines + ["", summary]
+
+
+def _report_exit(report: manage.DeleteReport) -> int:
+    if not report.failed:
+        return EXIT_OK
+    return EXIT_PARTIAL if len(report.failed) < len(report.outcomes) else EXIT_FAILURE
+
+
+def _confirm(out: _Output, what: str, yes: bool) -> None:
+    if yes:
+        return
+    if not _isatty(out.stdin):
+        out.note("error: refusing to %s without --yes: stdin is not a terminal to confirm on" % what)
+        raise _Exit(EXIT_USAGE)
+    out.stderr.write("%s%s? [y/N] " % (what[0].upper(), what[1:]))
+    out.stderr.flush()
+    answer = out.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        out.note("aborted; nothing was deleted")
+        raise _Exit(EXIT_FAILURE)
+
+
+def cmd_delete(args: argparse.Namespace, out: _Output) -> int:
+    """Delete checkpoints named by path, or selected from a run by creation time."""
+    if bool(args.paths) == bool(args.run):
+        raise UsageError("give either checkpoint PATHs or --run RUN, not %s" % ("both" if args.paths else "neither"))
+    if (args.before or args.after) and not args.run:
+        raise UsageError("--before and --after select within --run RUN")
+    with _service(args) as service:
+        if args.run:
+            listed = manage.list_checkpoints(service, args.run).result()
+            chosen = [c for c in listed
+                      if (args.before is None or c.time < args.before) and (args.after is None or c.time > args.after)]
+            paths = [c.tinker_path for c in chosen]
+            if not paths:
+                out.result("no checkpoints of run %s match; nothing to delete" % args.run,
+                           {"dry_run": args.dry_run, "results": []})
+                return EXIT_OK
+        else:
+            paths = list(args.paths)
+        # Validate every path before asking anything.
+        for p in paths:
+            parse_path(p, training=False)
+        if not args.dry_run:
+            if not args.yes and _isatty(out.stdin):
+                out.note("\n".join("  %s" % p for p in paths))
+            _confirm(out, "delete %d checkpoint(s)" % len(paths), args.yes)
+        try:
+            report = manage.delete_checkpoints(service, paths, dry_run=args.dry_run).result()
+        except manage.CheckpointDeleteError as exc:
+            if exc.report is None:
+                raise
+            report = exc.report
+    out.result("\n".join(_report_lines(report)), report.to_json())
+    return _report_exit(report)
+
+
+def cmd_keep_last(args: argparse.Namespace, out: _Output) -> int:
+    """Apply a keep-newest-N retention to one run."""
+    with _service(args) as service:
+        try:
+            result = manage.keep_last(service, args.run, args.n, dry_run=args.dry_run).result()
+        except manage.CheckpointDeleteError as exc:
+            if exc.report is None:
+                raise
+            out.result("\n".join(_report_lines(exc.report)), {"run_id": args.run, "dry_run": args.dry_run,
+                                                               "results": [o.to_json() for o in exc.report.outcomes]})
+            return _report_exit(exc.report)
+    lines = ["%-12s  %s  (%s)" % ("keep", c.tinker_path, _when(c.time)) for c in result.kept]
+    human = "\n".join(lines + _report_lines(result.deletes))
+    if not result.deletes.outcomes:
+        human = "\n".join(lines + ["", "run %s has %d training checkpoint(s); nothing to delete"
+                                   % (args.run, len(result.kept))])
+    out.result(human, result.to_json())
+    return EXIT_OK
+
+
+def cmd_ttl(args: argparse.Namespace, out: _Output) -> int:
+    """Set or remove a checkpoint's expiry."""
+    ttl = None if args.remove else args.ttl_seconds
+    with _service(args) as service:
+        manage.set_checkpoint_ttl(service, args.path, ttl).result()
+    if ttl is None:
+        human = "%s: expiry removed; it is kept until deleted" % args.path
+    else:
+        expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=ttl)
+        human = "%s: expires in %d s (around %s)" % (args.path, ttl, _when(expires))
+    out.result(human, {"tinker_path": args.path, "ttl_seconds": ttl})
+    return EXIT_OK
+
+
+class _ProgressPrinter:
+    """Renders download progress on stderr: one rewritten line on a terminal, else a line per second."""
+
+    def __init__(self, out: _Output, cancel: threading.Event) -> None:
+        self.out = out
+        self.cancel = cancel
+        self.tty = _isatty(out.stderr)
+        self.last = 0.0
+        self.dirty = False
+
+    def __call__(self, p: manage.DownloadProgress) -> None:
+        if self.cancel.is_set():
+            raise _Cancelled()
+        if not self.out.progress:
+            return
+        now = time.monotonic()
+        final = p.phase in ("verifying", "extracting", "done")
+        if not final and now - self.last < (0.2 if self.tty else 1.0):
+            return
+        self.last = now
+        if p.phase == "waiting":
+            text = "waiting for the server to build the archive (%.0f s)" % p.waited
+        elif p.phase == "downloading":
+            rate = (p.bytes_done - p.resumed_from) / p.elapsed if p.elapsed > 0 else 0.0
+            pct = " %3d%%" % (100 * p.bytes_done // p.bytes_total) if p.bytes_total else ""
+            text = "%s / %s%s  %s/s%s" % (_size(p.bytes_done), _size(p.bytes_total), pct, _size(int(rate)),
+                                          "  (resumed at %s)" % _size(p.resumed_from) if p.resumed_from else "")
+        else:
+            text = "%s %s" % (p.phase, _size(p.bytes_total))
+        if self.tty:
+            self.out.stderr.write("\r\x1b[K" + text)
+            self.dirty = True
+        else:
+            self.out.stderr.write(text + "\n")
+        self.out.stderr.flush()
+
+    def finish(self) -> None:
+        if self.dirty:
+            self.out.stderr.write("\n")
+            self.out.stderr.flush()
+            self.dirty = False
+
+
+def cmd_download(args: argparse.Namespace, out: _Output) -> int:
+    """Download, verify and extract a checkpoint archive."""
+    cancel = threading.Event()
+    printer = _ProgressPrinter(out, cancel)
+    with _service(args) as service:
+        future = manage.download_checkpoint(service, args.path, args.dest, overwrite=args.overwrite,
+                                            keep_archive=args.keep_archive, wait_timeout=args.wait, progress=printer)
+        try:
+            result = future.result()
+        except KeyboardInterrupt:
+            cancel.set()  # the worker stops at its next progress report; the partial file stays for a resume
+            printer.finish()
+            out.note("interrupted; run the same command again to resume the download")
+            return EXIT_INTERRUPTED
+        finally:
+            printer.finish()
+    verified = "sha256 verified" if result.sha256_verified else "size checked (server sent no sha256)"
+    resumed = ", resumed at byte %d" % result.resumed_from if result.resumed_from else ""
+    human = "%s -> %s\n%d file(s), archive %s (%s fetched%s), %s\n%s" % (
+        result.tinker_path, result.directory, len(result.files), _size(result.archive_bytes),
+        _size(result.bytes_fetched), resumed, verified, "\n".join("  " + f for f in result.files))
+    out.result(human, result.to_json())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _configure_logging(verbose: bool, stream: TextIO) -> Callable[[], None]:
+    """Send the package's log records to stderr (DEBUG with -v, else WARNING); return an undo function."""
+    pkg = logging.getLogger(PACKAGE_LOGGER)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
+                                           else "%(levelname)s: %(message)s"))
+    level = logging.DEBUG if verbose else logging.WARNING
+    handler.setLevel(level)
+    previous = pkg.level
+    pkg.addHandler(handler)
+    pkg.setLevel(level)
+
+    def undo() -> None:
+        pkg.removeHandler(handler)
+        pkg.setLevel(previous)
+
+    return undo
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``tinkex-persist`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    stdin, stdout, stderr = sys.stdin, sys.stdout, sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on a usage error and 0 after --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    out = _Output(args, stdin, stdout, stderr)
+    undo = _configure_logging(bool(getattr(args, "verbose", False)), stderr)
+    try:
+        return args.func(args, out)
+    except _Exit as exc:
+        return exc.code
+    except (UsageError, ConfigError) as exc:
+        out.error(exc)
+        return EXIT_USAGE
+    except manage.CheckpointDeleteError as exc:  # pragma: no cover - commands turn these into reports
+        out.error(exc)
+        return EXIT_PARTIAL
+    except (TinkexPersistError, OSError) as exc:
+        out.error(exc)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        out.note("interrupted")
+        return EXIT_INTERRUPTED
+    finally:
+        undo()
