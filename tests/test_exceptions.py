@@ -29,6 +29,9 @@ class TestHierarchy:
             (E.CheckpointExistsError, E.RequestFailedError),
             (E.DecodeError, E.TinkexPersistError),
             (E.RequestFailedError, E.TinkexPersistError),
+            (E.ArchiveChecksumError, E.DownloadError),
+            (E.UnsafeArchiveError, E.DownloadError),
+            (E.CheckpointDeleteError, E.TinkexPersistError),
         ],
     )
     def test_subclass_table(self, cls, base):
@@ -63,6 +66,10 @@ INSTANCES = [
     E.DecodeError("bad json", errors=["$: not JSON"], body="<html>"),
     E.RequestFailedError("failed", request_id="r-2", category="user"),
     E.CheckpointExistsError("exists", request_id="r-3", path="tinker://m/weights/a"),
+    E.CheckpointDeleteError("2 of 3 deletes failed", report={"failed": 2}),
+    E.DownloadError("cut", partial_path="/tmp/x.tar.part"),
+    E.ArchiveChecksumError("sha256 mismatch", partial_path="/tmp/y.tar.part"),
+    E.UnsafeArchiveError("member ../x escapes"),
 ]
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 from . import __version__, manage
 from .client import ServiceClient
-from .config import ENV_API_KEY, ENV_BASE_URL, Config
+from .config import ENV_API_KEY, ENV_BASE_URL, Config, read_env
 from ._paths import parse_path
 from .exceptions import APIStatusError, ConfigError, TinkexPersistError, UsageError
 
@@ -260,8 +260,7 @@ def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
 
     api_key = None
     if args.api_key_env:
-        # The variable's name is chosen at run time, so Config.from_env cannot know it.
-        api_key = os.getenv(args.api_key_env)
+        api_key = read_env(args.api_key_env)
         if not api_key:
             raise UsageError("environment variable %s (from --api-key-env) is not set or empty" % args.api_key_env)
     out.note("serving checkpoints from %s (%s); Ctrl-C stops"
@@ -275,7 +274,7 @@ def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
             serve_forever(args.root, args.host, args.port, api_key)
             return EXIT_OK
         server = LocalServer(args.root, args.host, args.port, api_key)
-        server._bind()
+        server.bind()
         try:
             out.result("", {"url": server.url, "root": os.path.abspath(args.root), "api_key_required": bool(api_key)})
             server.serve_forever()

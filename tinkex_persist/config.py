@@ -77,6 +77,11 @@ def check_base_url(base_url: Any, allow_http: bool = False) -> str:
     return url
 
 
+def read_env(name: str, environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Return one environment variable whose name is chosen at run time (e.g. ``serve --api-key-env``)."""
+    return (os.environ if environ is None else environ).get(name) or None
+
+
 def _env_float(environ: Mapping[str, str], name: str, default: Any) -> Any:
     raw = environ.get(ENV_PREFIX + name)
     if raw is None or raw == "":

@@ -4,18 +4,21 @@ Status-error names match the official Tinker SDK's, so ported ``except`` clauses
 Messages are one line and never contain headers, API keys or access tokens.
 """
 
-from typing import Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 __all__ = (
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "ArchiveChecksumError",
     "AuthenticationError",
     "BadRequestError",
+    "CheckpointDeleteError",
     "CheckpointExistsError",
     "ConfigError",
     "ConflictError",
     "DecodeError",
+    "DownloadError",
     "InternalServerError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -24,6 +27,7 @@ __all__ = (
     "RequestFailedError",
     "TinkexPersistError",
     "UnprocessableEntityError",
+    "UnsafeArchiveError",
     "UsageError",
 )
 
@@ -178,3 +182,27 @@ class CheckpointExistsError(RequestFailedError):
     ) -> None:
         super().__init__(message, request_id=request_id, category=category)
         self.path = path
+
+
+class CheckpointDeleteError(TinkexPersistError):
+    """Some deletes of a batch failed; ``report`` holds the outcome of every path, including the successes."""
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class DownloadError(TinkexPersistError):
+    """A checkpoint archive could not be downloaded or installed; ``partial_path`` is kept for a resume."""
+
+    def __init__(self, message: str, *, partial_path: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.partial_path = partial_path
+
+
+class ArchiveChecksumError(DownloadError):
+    """The downloaded archive's size or sha256 differs from what the server announced. Nothing was extracted."""
+
+
+class UnsafeArchiveError(DownloadError):
+    """The archive holds a member that could escape the destination (absolute path, ``..``, link, device)."""

@@ -23,10 +23,20 @@ import requests
 from . import _ops, _paths, _wire
 from ._converter import dumps
 from ._paths import TinkerPath, parse_path
-from ._transport import USER_AGENT, Deadline, _Transport, status_error
+from ._transport import USER_AGENT, Deadline, _retry_after, _Transport, status_error
 from .client import ServiceClient
 from .config import is_loopback_host
-from .exceptions import APIConnectionError, APITimeoutError, NotFoundError, TinkexPersistError, UsageError
+from .exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    ArchiveChecksumError,
+    CheckpointDeleteError,
+    DownloadError,
+    NotFoundError,
+    TinkexPersistError,
+    UnsafeArchiveError,
+    UsageError,
+)
 from .types import WeightsInfo
 
 logger = logging.getLogger(__name__)
@@ -74,30 +84,6 @@ _SIGNED_URL_EXPIRED = (401, 403, 404, 410)
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class CheckpointDeleteError(TinkexPersistError):
-    """Some deletes of a batch failed; ``report`` holds the outcome of every path, including the successes."""
-
-    def __init__(self, message: str, *, report: Optional["DeleteReport"] = None) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-class DownloadError(TinkexPersistError):
-    """A checkpoint archive could not be downloaded or installed; ``partial_path`` is kept for a resume."""
-
-    def __init__(self, message: str, *, partial_path: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.partial_path = partial_path
-
-
-class ArchiveChecksumError(DownloadError):
-    """The downloaded archive's size or sha256 differs from what the server announced. Nothing was extracted."""
-
-
-class UnsafeArchiveError(DownloadError):
-    """The archive holds a member that could escape the destination (absolute path, ``..``, link, device)."""
 
 
 # --------------------------------------------------------------------------- result types
@@ -643,15 +629,6 @@ def _safe_url(url: str) -> str:
     """The URL's origin only: a signed URL carries its credential in the path or the query."""
     parts = urlsplit(url)
     return "%s://%s/<signed>" % (parts.scheme, parts.hostname if parts.port is None else "%s:%d" % (parts.hostname, parts.port))
-
-
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def _archive_url(
