@@ -1,6 +1,5 @@
 """``python -m tinkex_persist demo``: save, crash, resume on an embedded server, and prove the resume exact."""
 
-import json
 import sys
 import tempfile
 import time
