@@ -34,20 +34,6 @@ from .exceptions import (  # noqa: E402
     UsageError,
 )
 from .exceptions import ArchiveChecksumError, CheckpointDeleteError, DownloadError, UnsafeArchiveError  # noqa: E402
-from .manage import (  # noqa: E402
-    CheckpointInfo,
-    DeleteOutcome,
-    DeleteReport,
-    DownloadProgress,
-    DownloadResult,
-    RetentionReport,
-    delete_checkpoints,
-    download_checkpoint,
-    get_weights_info,
-    keep_last,
-    list_checkpoints,
-    set_checkpoint_ttl,
-)
 from .types import LoadStateResult, SaveStateResult, WeightsInfo  # noqa: E402
 
 __all__ = (
@@ -98,5 +84,32 @@ __all__ = (
     "save_state",
     "set_checkpoint_ttl",
 )
+
+#: Names served from ``tinkex_persist.manage``, imported on first access (it pulls in tarfile and friends).
+_LAZY = frozenset(
+    {
+        "CheckpointInfo",
+        "DeleteOutcome",
+        "DeleteReport",
+        "DownloadProgress",
+        "DownloadResult",
+        "RetentionReport",
+        "delete_checkpoints",
+        "download_checkpoint",
+        "get_weights_info",
+        "keep_last",
+        "list_checkpoints",
+        "set_checkpoint_ttl",
+    }
+)
+
+
+def __getattr__(name: str):  # PEP 562
+    if name in _LAZY:
+        from . import manage
+
+        return getattr(manage, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -7,7 +7,7 @@ per class at DEBUG). No hook factory is used: a class absent from ``_KEYS`` cann
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, Mapping, Set, Type, TypeVar
+from typing import Any, Callable, Dict, Mapping, Optional, Set, Type, TypeVar
 
 import attrs
 import cattrs
@@ -91,15 +91,28 @@ def _tolerant(fn: Callable[[Any, Any], Any], cls: type, known: frozenset) -> Cal
     return structure
 
 
-#: The shared converter. No hook is registered on it after import.
-converter = make_converter()
+_shared: Optional[cattrs.Converter] = None
+_shared_lock = threading.Lock()
+
+
+def shared_converter() -> cattrs.Converter:
+    """Return the process-wide converter, built completely on first use (keeps import fast).
+
+    It is fully configured before anyone can see it; no hook is registered on it afterwards.
+    """
+    global _shared
+    if _shared is None:
+        with _shared_lock:
+            if _shared is None:
+                _shared = make_converter()
+    return _shared
 
 
 def encode(obj: Any) -> Dict[str, Any]:
     """Return the wire dict of a wire object."""
     if not attrs.has(type(obj)) or type(obj) not in _wire._KEYS:
         raise TypeError("%s is not a wire class" % type(obj).__name__)
-    return converter.unstructure(obj)
+    return shared_converter().unstructure(obj)
 
 
 def dumps(obj: Any) -> bytes:
@@ -116,7 +129,7 @@ def decode(data: Any, cls: Type[T]) -> T:
             errors=["$: expected an object, got %s" % type(data).__name__],
         )
     try:
-        return converter.structure(data, cls)
+        return shared_converter().structure(data, cls)
     except (cattrs.BaseValidationError, cattrs.ForbiddenExtraKeysError) as exc:
         errors = cattrs.transform_error(exc, path="$")
         raise DecodeError("invalid %s: %s" % (cls.__name__, "; ".join(errors)), errors=errors) from exc

@@ -3,6 +3,7 @@
 Attribute names equal wire names. The converter (``_converter.py``) builds its hooks from ``_KEYS`` only,
 so a class or field missing from the table cannot be encoded, and a renamed attribute fails a test.
 Field order follows the official SDK 0.38.0, so encoded bodies are byte-identical to its requests.
+Classes are not slotted: building ~30 slotted classes costs ~8 ms more at import (see tools/bench.py).
 """
 
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
@@ -21,7 +22,7 @@ WIRE_SDK_VERSION = "0.38.0"
 # --------------------------------------------------------------------------- nested values
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class LoraConfig:
     """LoRA settings inside ``create_model``."""
 
@@ -37,7 +38,7 @@ class LoraConfig:
     """Whether attention layers get LoRA."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class OptimizerConfig:
     """Optimizer family of a training model, fixed at creation (``create_model``, ``weights_info``)."""
 
@@ -45,7 +46,7 @@ class OptimizerConfig:
     """Family name; the server may add families, so this is a plain ``str``."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class AdamParams:
     """AdamW hyper-parameters of one ``optim_step``."""
 
@@ -63,7 +64,7 @@ class AdamParams:
     """Global gradient-norm clip; 0 disables clipping."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class FinishReason:
     """Why a session ended, inside ``sessions/{id}/finish``."""
 
@@ -71,7 +72,7 @@ class FinishReason:
     """``"success"`` for an orderly close."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class ModelData:
     """Model description inside the ``get_info`` response."""
 
@@ -86,7 +87,7 @@ class ModelData:
 # --------------------------------------------------------------------------- requests (strict)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class ClientConfigRequest:
     """Body of ``POST /api/v1/client/config`` and ``client/dynamic_config``."""
 
@@ -94,7 +95,7 @@ class ClientConfigRequest:
     """SDK version used for server-side flag resolution."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class CreateSessionRequest:
     """Body of ``POST /api/v1/create_session``."""
 
@@ -111,7 +112,7 @@ class CreateSessionRequest:
     type: Literal["create_session"] = "create_session"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class SessionHeartbeatRequest:
     """Body of ``POST /api/v1/session_heartbeat``."""
 
@@ -119,7 +120,7 @@ class SessionHeartbeatRequest:
     type: Literal["session_heartbeat"] = "session_heartbeat"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class FinishSessionRequest:
     """Body of ``POST /api/v1/sessions/{session_id}/finish``."""
 
@@ -129,7 +130,7 @@ class FinishSessionRequest:
     """Free text; the official SDK sends ``null`` when there is none, so this key is never omitted."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class CreateModelRequest:
     """Body of ``POST /api/v1/create_model``."""
 
@@ -146,7 +147,7 @@ class CreateModelRequest:
     type: Literal["create_model"] = "create_model"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class GetInfoRequest:
     """Body of ``POST /api/v1/get_info``."""
 
@@ -154,7 +155,7 @@ class GetInfoRequest:
     type: Literal["get_info"] = "get_info"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class SaveWeightsRequest:
     """Body of ``POST /api/v1/save_weights``."""
 
@@ -172,7 +173,7 @@ class SaveWeightsRequest:
     type: Literal["save_weights"] = "save_weights"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class LoadWeightsRequest:
     """Body of ``POST /api/v1/load_weights``, in either addressing.
 
@@ -197,7 +198,7 @@ class LoadWeightsRequest:
     type: Literal["load_weights"] = "load_weights"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class RetrieveFutureRequest:
     """Body of ``POST /api/v1/retrieve_future`` (no ``type`` key)."""
 
@@ -206,14 +207,14 @@ class RetrieveFutureRequest:
     """When true the server may answer ``complete_metadata`` instead of a large payload."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class WeightsInfoRequest:
     """Body of ``POST /api/v1/weights_info`` (no ``type`` key)."""
 
     tinker_path: str
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class OptimStepRequest:
     """Body of ``POST /api/v1/optim_step``; the SDK appends ``adam_params`` after ``type``."""
 
@@ -223,7 +224,7 @@ class OptimStepRequest:
     adam_params: AdamParams = attrs.field(factory=AdamParams)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class SetTtlRequest:
     """Body of ``PUT /api/v1/training_runs/{run}/checkpoints/{id}/ttl``."""
 
@@ -234,7 +235,7 @@ class SetTtlRequest:
 # --------------------------------------------------------------------------- responses (tolerant)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class CreateSessionResponse:
     """Answer to ``create_session``."""
 
@@ -245,7 +246,7 @@ class CreateSessionResponse:
     error_message: Optional[str] = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class UntypedAPIFuture:
     """Answer to every submission (``create_model``, ``save_weights``, ``load_weights``, ``optim_step``)."""
 
@@ -254,7 +255,7 @@ class UntypedAPIFuture:
     model_id: Optional[str] = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class TryAgainResponse:
     """``retrieve_future`` while the request is pending (HTTP 200 or 408)."""
 
@@ -264,7 +265,7 @@ class TryAgainResponse:
     """``active``, ``paused_capacity``, ``paused_rate_limit`` or a newer value; kept as ``str``."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class RequestFailedResponse:
     """``retrieve_future`` for a request that failed after it was accepted."""
 
@@ -273,7 +274,7 @@ class RequestFailedResponse:
     """``user``, ``server`` or ``unknown``."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class CreateModelResponse:
     """Result of a ``create_model`` future."""
 
@@ -281,7 +282,7 @@ class CreateModelResponse:
     type: Optional[str] = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class SaveWeightsResponse:
     """Result of a ``save_weights`` future."""
 
@@ -290,7 +291,7 @@ class SaveWeightsResponse:
     type: Optional[str] = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class LoadWeightsResponse:
     """Result of a ``load_weights`` future."""
 
@@ -300,7 +301,7 @@ class LoadWeightsResponse:
     type: Optional[str] = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class OptimStepResponse:
     """Result of an ``optim_step`` future."""
 
@@ -308,7 +309,7 @@ class OptimStepResponse:
     type: Optional[str] = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class GetInfoResponse:
     """Answer to ``get_info``."""
 
@@ -321,7 +322,7 @@ class GetInfoResponse:
     model_name: Optional[str] = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class WeightsInfoResponse:
     """Answer to ``weights_info``."""
 
@@ -334,7 +335,7 @@ class WeightsInfoResponse:
     train_attn: Optional[bool] = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class Checkpoint:
     """One entry of a checkpoint listing."""
 
@@ -353,7 +354,7 @@ class Checkpoint:
     """Expiry time, ISO 8601 UTC; ``None`` means it never expires."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class Cursor:
     """Paging information of a listing."""
 
@@ -362,7 +363,7 @@ class Cursor:
     total_count: int
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class CheckpointsListResponse:
     """Answer to the checkpoint listings (one run, or all of the user's)."""
 

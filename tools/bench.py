@@ -1,0 +1,401 @@
+"""Benchmark tinkex_persist against the official SDK (when installed) and a raw ``http.client`` floor.
+
+Everything runs against the embedded local server on loopback, in one run, with interleaved
+measurements; figures are medians and p90 with the number of runs. Usage::
+
+    python tools/bench.py            # full run (a few minutes; builds two throw-away venvs)
+    python tools/bench.py --quick    # < 60 s; footprint from the installed distributions instead
+"""
+
+import argparse
+import http.client
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import tinkex_persist as tp
+from tinkex_persist.demo import DEMO_KEY
+from tinkex_persist.localserver import LocalServer
+
+BASE = "Qwen/Qwen3-8B"
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json", "X-API-Key": DEMO_KEY}
+
+try:  # the official SDK is optional
+    warnings.simplefilter("ignore", FutureWarning)
+    import tinker  # noqa: F401
+
+    HAVE_SDK = True
+except ImportError:
+    HAVE_SDK = False
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def fmt_ms(values: Sequence[float]) -> str:
+    return "%7.3f ms  p90 %7.3f  (n=%d)" % (statistics.median(values) * 1e3, pct(values, 0.9) * 1e3, len(values))
+
+
+def scratch_root() -> str:
+    # tmpfs keeps the server's fsync out of the client comparison when the machine has one.
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix="tp-bench-", dir=base)
+
+
+class ServerProcess:
+    """A LocalServer in its own process, so client and server do not share a GIL."""
+
+    def __init__(self, **options: object) -> None:
+        self.root = scratch_root()
+        code = (
+            "import json, sys\n"
+            "from tinkex_persist.localserver import LocalServer\n"
+            "s = LocalServer(sys.argv[1], **json.loads(sys.argv[2])); s.start()\n"
+            "print(s.url, flush=True); sys.stdin.read(); s.stop()\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, self.root, json.dumps(options)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class RawClient:
+    """The floor: one keep-alive ``http.client`` connection sending the same two requests per operation."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.conn.connect()
+        import socket
+
+        self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.session_id = self.post("/api/v1/create_session", {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0",
+                                                               "type": "create_session"})["session_id"]
+        self.model_seq = 0
+        self.model_id = self.new_model()
+        self.seq = 1
+
+    def post(self, path: str, body: dict) -> dict:
+        self.conn.request("POST", path, json.dumps(body, separators=(",", ":")), HEADERS)
+        return json.loads(self.conn.getresponse().read())
+
+    def call(self, path: str, body: dict) -> dict:
+        rid = self.post(path, body)["request_id"]
+        return self.post("/api/v1/retrieve_future", {"request_id": rid, "allow_metadata_only": True})
+
+    def new_model(self) -> str:
+        body = {"session_id": self.session_id, "model_seq_id": self.model_seq, "base_model": BASE,
+                "lora_config": {"rank": 8, "train_unembed": True, "train_mlp": True, "train_attn": True},
+                "optimizer_config": {"type": "adamw"}, "type": "create_model"}
+        self.model_seq += 1
+        return self.call("/api/v1/create_model", body)["model_id"]
+
+    def save(self, name: str) -> str:
+        body = {"model_id": self.model_id, "path": name, "seq_id": self.seq, "overwrite": True, "type": "save_weights"}
+        self.seq += 1
+        return self.call("/api/v1/save_weights", body)["path"]
+
+    def load(self, path: str, optimizer: bool) -> None:
+        body = {"model_id": self.model_id, "seq_id": self.seq, "path": path, "optimizer": optimizer, "type": "load_weights"}
+        self.seq += 1
+        self.call("/api/v1/load_weights", body)
+
+    def from_state(self, path: str) -> None:
+        body = {"session_id": self.session_id, "model_seq_id": self.model_seq, "path": path, "optimizer": False,
+                "type": "load_weights"}
+        self.model_seq += 1
+        self.call("/api/v1/load_weights", body)
+
+
+# --------------------------------------------------------------------------- 1. per-op latency
+
+OPS = ("save_state", "load_state", "load_state_with_optimizer", "create_training_client_from_state")
+
+
+def per_op_latency(rounds: int) -> Dict[str, Dict[str, List[float]]]:
+    server = ServerProcess(allow_late_load=True)
+    try:
+        env = {"TINKER_API_KEY": DEMO_KEY, "TINKER_BASE_URL": server.url, "TINKER_TELEMETRY": "0"}
+        os.environ.update(env)
+        ours_svc = tp.ServiceClient(base_url=server.url, api_key=DEMO_KEY, heartbeat_interval=None)
+        ours = ours_svc.create_lora_training_client(BASE, rank=8).result()
+        raw = RawClient(server.port)
+        ops: Dict[str, Dict[str, Callable[[str], object]]] = {}
+        path_ours = tp.save_state(ours, "p", overwrite=True).result().path
+        ops["tinkex_persist"] = {
+            "save_state": lambda n: tp.save_state(ours, n, overwrite=True).result(),
+            "load_state": lambda n: tp.load_state(ours, path_ours).result(),
+            "load_state_with_optimizer": lambda n: tp.load_state_with_optimizer(ours, path_ours).result(),
+            "create_training_client_from_state": lambda n: tp.create_training_client_from_state(ours_svc, path_ours).result(),
+        }
+        ops["raw floor"] = {
+            "save_state": lambda n: raw.save(n),
+            "load_state": lambda n: raw.load(path_ours, False),
+            "load_state_with_optimizer": lambda n: raw.load(path_ours, True),
+            "create_training_client_from_state": lambda n: raw.from_state(path_ours),
+        }
+        sdk_svc = None
+        if HAVE_SDK:
+            import tinker
+
+            logging.getLogger("tinker").setLevel(logging.CRITICAL)  # its load_state logs a deprecation error per call
+            sdk_svc = tinker.ServiceClient()
+            sdk = sdk_svc.create_lora_training_client(BASE, rank=8).result()
+            ops["official SDK"] = {
+                "save_state": lambda n: sdk.save_state(n, overwrite=True).result(),
+                "load_state": lambda n: sdk.load_state(path_ours).result(),
+                "load_state_with_optimizer": lambda n: sdk.load_state_with_optimizer(path_ours).result(),
+                "create_training_client_from_state": lambda n: sdk_svc.create_training_client_from_state(path_ours).result(),
+            }
+        results: Dict[str, Dict[str, List[float]]] = {c: {op: [] for op in OPS} for c in ops}
+        for client in ops:  # warm-up
+            for op in OPS:
+                for i in range(3):
+                    ops[client][op]("w%d" % (i % 4))
+        for r in range(rounds):
+            for op in OPS:
+                for client in ops:  # interleaved: every client runs each op once per round
+                    t0 = time.perf_counter()
+                    ops[client][op]("r%d" % (r % 8))
+                    results[client][op].append(time.perf_counter() - t0)
+        ours_svc.close()
+        if sdk_svc is not None:
+            sdk_svc.close("success").result()
+        return results
+    finally:
+        server.close()
+
+
+# --------------------------------------------------------------------------- 2. polls and detection delay
+
+
+def polling(delays: Sequence[float], repeats: int) -> List[Tuple[str, str, float, float, float]]:
+    rows = []
+    for long_poll in (False, True):
+        for d in delays:
+            with LocalServer(scratch_root(), complete_delay=d, long_poll=long_poll) as server:
+                clients: List[Tuple[str, Callable[[], object]]] = []
+                svc = tp.ServiceClient(base_url=server.url, api_key=DEMO_KEY, heartbeat_interval=None)
+                tc = svc.create_lora_training_client(BASE, rank=4).result()
+                clients.append(("tinkex_persist", lambda: tp.save_state(tc, "d", overwrite=True).result()))
+                sdk_svc = None
+                if HAVE_SDK:
+                    import tinker
+
+                    os.environ["TINKER_BASE_URL"] = server.url
+                    logging.getLogger("tinker").setLevel(logging.CRITICAL)
+                    sdk_svc = tinker.ServiceClient()
+                    stc = sdk_svc.create_lora_training_client(BASE, rank=4).result()
+                    clients.append(("official SDK", lambda: stc.save_state("d", overwrite=True).result()))
+                for name, fn in clients:
+                    polls, lags = [], []
+                    for _ in range(repeats):
+                        server.stats.reset()
+                        t0 = time.perf_counter()
+                        fn()
+                        lags.append(time.perf_counter() - t0 - d)
+                        polls.append(server.stats.requests["/api/v1/retrieve_future"])
+                    rows.append((("long-poll" if long_poll else "try_again at once"), name, d,
+                                 statistics.median(polls), statistics.median(lags)))
+                svc.close()
+                if sdk_svc is not None:
+                    sdk_svc.close("success").result()
+    return rows
+
+
+# --------------------------------------------------------------------------- 3. throughput
+
+
+def throughput(total: int, clients: int, workers: Sequence[int]) -> List[Tuple[int, float, int]]:
+    server = ServerProcess()
+    rows = []
+    try:
+        for w in workers:
+            with tp.ServiceClient(base_url=server.url, api_key=DEMO_KEY, max_workers=w, heartbeat_interval=None) as svc:
+                tcs = [svc.create_lora_training_client(BASE, rank=4).result() for _ in range(clients)]
+                peak = [threading.active_count()]
+                stop = threading.Event()
+
+                def watch() -> None:
+                    while not stop.wait(0.005):
+                        peak[0] = max(peak[0], threading.active_count())
+
+                watcher = threading.Thread(target=watch, daemon=True)
+                watcher.start()
+                t0 = time.perf_counter()
+                futs = [tp.save_state(tcs[i % clients], "s%d" % (i // clients % 5), overwrite=True) for i in range(total)]
+                for f in futs:
+                    f.result()
+                elapsed = time.perf_counter() - t0
+                stop.set()
+                watcher.join()
+                rows.append((w, total / elapsed, peak[0] - 1))  # minus the watcher itself
+    finally:
+        server.close()
+    return rows
+
+
+# --------------------------------------------------------------------------- 4. import time
+
+
+def import_time(runs: int) -> List[Tuple[str, float, float, int]]:
+    probe = (
+        "import time, resource, threading; t0 = time.perf_counter(); %s; dt = time.perf_counter() - t0;"
+        "print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, threading.active_count())"
+    )
+    targets = [("requests, attrs, cattrs", "import requests, attrs, cattrs"), ("tinkex_persist", "import tinkex_persist")]
+    if HAVE_SDK:
+        targets.append(("tinker (official SDK)", "import tinker"))
+    samples: Dict[str, List[Tuple[float, float, int]]] = {name: [] for name, _ in targets}
+    for _ in range(runs):
+        for name, stmt in targets:  # interleaved fresh processes
+            out = subprocess.run([sys.executable, "-c", probe % stmt], capture_output=True, text=True, check=True).stdout.split()
+            samples[name].append((float(out[0]), float(out[1]), int(out[2])))
+    return [(n, statistics.median(s[0] for s in v), statistics.median(s[1] for s in v), max(s[2] for s in v))
+            for n, v in samples.items()]
+
+
+# --------------------------------------------------------------------------- 5. footprint
+
+
+def _closure(dist: str) -> List[str]:
+    seen, todo = set(), [dist]
+    while todo:
+        name = re.split(r"[ ;<>=!~\[(]", todo.pop(), 1)[0].strip().lower().replace("_", "-")
+        if not name or name in seen:
+            continue
+        try:
+            d = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        todo.extend(r for r in (d.requires or []) if "extra ==" not in r)
+    return sorted(seen)
+
+
+def _size_mb(names: Sequence[str]) -> float:
+    total = 0
+    for n in names:
+        for f in importlib.metadata.distribution(n).files or []:
+            try:
+                total += os.path.getsize(str(f.locate()))
+            except OSError:
+                pass
+    return total / 1e6
+
+
+def footprint_installed() -> List[Tuple[str, int, float]]:
+    rows = [("tinkex_persist", ["tinkex-persist"])]
+    if HAVE_SDK:
+        rows.append(("tinker (official SDK)", ["tinker"]))
+    out = []
+    for label, (root,) in rows:
+        names = _closure(root)
+        out.append((label, len(names), _size_mb(names)))
+    return out
+
+
+def footprint_venv(repo: str) -> List[Tuple[str, int, float]]:
+    """``pip install`` each package into a fresh venv; count distributions and bytes, pip itself excluded."""
+    out = []
+    targets = [("tinkex_persist", repo)] + ([("tinker (official SDK)", "tinker==0.38.0")] if HAVE_SDK else [])
+    for label, spec in targets:
+        with tempfile.TemporaryDirectory() as d:
+            subprocess.run([sys.executable, "-m", "venv", d], check=True)
+            pip = [os.path.join(d, "bin", "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+            subprocess.run(pip + ["install", spec], check=True, capture_output=True)
+            freeze = subprocess.run(pip + ["list", "--format=freeze"], capture_output=True, text=True).stdout
+            dists = [x for x in freeze.splitlines() if x and x.split("==")[0].lower() not in ("pip", "setuptools")]
+            site = subprocess.run([os.path.join(d, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True).stdout.strip()
+            size = 0
+            for entry in os.listdir(site):
+                if entry.lower().startswith(("pip", "setuptools", "_distutils_hack", "distutils-precedence")):
+                    continue
+                full = os.path.join(site, entry)
+                size += sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(full) for f in fs) if os.path.isdir(full) else os.path.getsize(full)
+            out.append((label, len(dists), size / 1e6))
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sample sizes; finishes in under a minute")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    t_start = time.monotonic()
+    print("tinkex_persist %s benchmark, %s, Python %s, %s, %d CPUs%s" % (
+        tp.__version__, time.strftime("%Y-%m-%d"), platform.python_version(), platform.machine(), os.cpu_count() or 0,
+        "" if HAVE_SDK else " (official SDK not installed: its columns are skipped)"))
+    print("mode: %s\n" % ("quick" if quick else "full"))
+
+    print("1. Per-operation latency (submit + result), median and p90, interleaved rounds")
+    lat = per_op_latency(rounds=15 if quick else 200)
+    for op in OPS:
+        print("  %s" % op)
+        for client in lat:
+            print("    %-16s %s" % (client, fmt_ms(lat[client][op])))
+        ours, floor = statistics.median(lat["tinkex_persist"][op]), statistics.median(lat["raw floor"][op])
+        line = "    ours/floor %.2fx" % (ours / floor)
+        if "official SDK" in lat:
+            line += "   official/ours %.2fx" % (statistics.median(lat["official SDK"][op]) / ours)
+        print(line)
+
+    print("\n2. Polls per save and detection delay when the server finishes after D seconds")
+    for mode, client, d, polls, lag in polling((0.05, 0.5) if quick else (0.05, 0.5, 2.0), repeats=1 if quick else 3):
+        print("  %-18s %-15s D=%-5.2f polls %6.1f   delay %7.1f ms" % (mode, client, d, polls, lag * 1e3))
+
+    print("\n3. Throughput: saves across 20 training clients")
+    total = 200 if quick else 1000
+    for w, ops_s, peak in throughput(total, 20, (1, 4, 16)):
+        print("  max_workers=%-3d %7.0f saves/s   peak threads %d   (%d saves)" % (w, ops_s, peak, total))
+
+    print("\n4. Import time in fresh processes (median), RSS after import, threads")
+    rows = import_time(5 if quick else 15)
+    base_t = rows[0][1]
+    for name, dt, rss, threads in rows:
+        print("  %-24s %6.1f ms  (+%5.1f ms over requests/attrs/cattrs)  RSS %5.1f MB  threads %d"
+              % (name, dt * 1e3, (dt - base_t) * 1e3, rss, threads))
+
+    print("\n5. Installed footprint")
+    if quick:
+        print("  (dependency closure of the installed distributions)")
+        rows5 = footprint_installed()
+    else:
+        print("  (fresh venvs, pip install)")
+        rows5 = footprint_venv(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for label, n, mb in rows5:
+        print("  %-24s %3d distributions  %6.1f MB" % (label, n, mb))
+    print("\ndone in %.1f s" % (time.monotonic() - t_start))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
