@@ -263,9 +263,11 @@ def throughput(total: int, clients: int, workers: Sequence[int]) -> List[Tuple[i
 
 
 def import_time(runs: int) -> List[Tuple[str, float, float, int]]:
+    # VmRSS, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
     probe = (
-        "import time, resource, threading; t0 = time.perf_counter(); %s; dt = time.perf_counter() - t0;"
-        "print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, threading.active_count())"
+        "import time, threading; t0 = time.perf_counter(); %s; dt = time.perf_counter() - t0;"
+        "rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')];"
+        "print(dt, int(rss[0]) / 1024 if rss else 0.0, threading.active_count())"
     )
     targets = [("requests, attrs, cattrs", "import requests, attrs, cattrs"), ("tinkex_persist", "import tinkex_persist")]
     if HAVE_SDK:
