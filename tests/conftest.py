@@ -168,3 +168,29 @@ def proxy(local_server):
 
     with FaultProxy(local_server.url) as p:
         yield p
+
+
+# --------------------------------------------------------------------------- the official SDK as a peer
+
+SDK_KEY = "tml-sdk-interop-test-key"
+
+
+@pytest.fixture
+def sdk_env(tmp_path, monkeypatch):
+    """Return ``point(url)``, which aims the official SDK's environment at ``url`` (telemetry off, empty HOME)."""
+
+    def point(url):
+        monkeypatch.setenv("TINKER_API_KEY", SDK_KEY)
+        monkeypatch.setenv("TINKER_BASE_URL", url)
+        monkeypatch.setenv("TINKER_TELEMETRY", "0")
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    return point
+
+
+@pytest.fixture
+def sdk_server(tmp_path, sdk_env):
+    """A LocalServer requiring ``SDK_KEY``, with the official SDK's environment pointed at it."""
+    with LocalServer(tmp_path / "sdk-root", api_key=SDK_KEY) as srv:
+        sdk_env(srv.url)
+        yield srv

@@ -9,23 +9,19 @@ import tinkex_persist as tp
 from tinkex_persist.demo import model_state, optim_step
 from tinkex_persist.localserver import LocalServer
 
+from conftest import SDK_KEY as KEY
+
 tinker = pytest.importorskip("tinker")
 
 pytestmark = pytest.mark.interop
 
-KEY = "tml-interop-test-key"
 BASE = "Qwen/Qwen3-8B"
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    """A LocalServer with the official SDK's environment pointed at it (telemetry off, empty HOME)."""
-    with LocalServer(tmp_path / "root", api_key=KEY) as srv:
-        monkeypatch.setenv("TINKER_API_KEY", KEY)
-        monkeypatch.setenv("TINKER_BASE_URL", srv.url)
-        monkeypatch.setenv("TINKER_TELEMETRY", "0")
-        monkeypatch.setenv("HOME", str(tmp_path / "home"))
-        yield srv
+def server(sdk_server):
+    """A LocalServer that the official SDK's environment points at."""
+    return sdk_server
 
 
 @pytest.fixture
@@ -100,15 +96,12 @@ class TestIdenticalBodies:
     def _bodies(self, proxy, path):
         return [r.body for r in proxy.records if r.path == path]
 
-    def test_same_calls_send_byte_identical_bodies(self, tmp_path, monkeypatch):
+    def test_same_calls_send_byte_identical_bodies(self, tmp_path, sdk_env):
         """Save (plain; ttl+overwrite), loads and create-from-state send the SDK's exact bytes, ids aside."""
         from faultproxy import FaultProxy
 
         with LocalServer(tmp_path / "r", api_key=KEY) as srv, FaultProxy(srv.url) as proxy:
-            monkeypatch.setenv("TINKER_API_KEY", KEY)
-            monkeypatch.setenv("TINKER_BASE_URL", proxy.url)
-            monkeypatch.setenv("TINKER_TELEMETRY", "0")
-            monkeypatch.setenv("HOME", str(tmp_path / "home"))
+            sdk_env(proxy.url)
             captured = {}
             for label in ("sdk", "ours"):
                 proxy.records.clear()

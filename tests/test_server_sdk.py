@@ -4,25 +4,19 @@ import warnings
 
 import pytest
 
-from tinkex_persist.localserver import LocalServer
+from conftest import SDK_KEY as API_KEY
 
 tinker = pytest.importorskip("tinker")
 
 pytestmark = pytest.mark.interop
 
-API_KEY = "tml-localserver-test-key"
 BASE = "Qwen/Qwen3-8B"
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
+def server(sdk_server):
     """A LocalServer with an API key, and the SDK's environment pointed at it (telemetry off)."""
-    with LocalServer(tmp_path / "root", api_key=API_KEY) as srv:
-        monkeypatch.setenv("TINKER_API_KEY", API_KEY)
-        monkeypatch.setenv("TINKER_BASE_URL", srv.url)
-        monkeypatch.setenv("TINKER_TELEMETRY", "0")
-        monkeypatch.setenv("HOME", str(tmp_path / "home"))
-        yield srv
+    return sdk_server
 
 
 @pytest.fixture
