@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 _RUN = r"/api/v1/training_runs/(?P<run>[^/]+)/checkpoints"
 _CKPT = _RUN + r"/(?P<kind>[^/]+)/(?P<name>[^/]+)"
 _SIGNED = r"/local/v1/archives/(?P<token>[^/]+)"
+_SIGNED_TOKEN = re.compile(r"/local/v1/archives/[^/ ?]+")
 _NO_CONTENT = (204, None, {})
 _REASONS = BaseHTTPRequestHandler.responses
 #: Routes that run a model operation and honour ``X-Idempotency-Key``; their handler is the Service method.
@@ -54,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
             self.server.local._track(self.connection, False)  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:
+        # A signed download path is a bearer credential: log it without its token.
+        args = tuple(_SIGNED_TOKEN.sub("/local/v1/archives/<signed>", a) if isinstance(a, str) else a for a in args)
         logger.debug("%s - " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest LoRA rank the local server accepts (a model holds ``rank * 256`` float64 values).
 MAX_RANK = 1024
+#: Per model, how many of the latest seq_ids keep their answer for replay to a retry.
+REPLAY_WINDOW = 1024
 
 
 class HTTPError(Exception):
@@ -173,11 +175,17 @@ class Service:
             for t in self._timers:
                 t.cancel()
             self._cond.notify_all()
+        self.store.close()
 
     # ------------------------------------------------------------------ futures
 
     def _new_future(self, outcome: Dict[str, Any]) -> _Future:
         self._counter += 1
+        if self._counter % 1000 == 0:
+            # Drop expired futures now and then; otherwise only a poll of an expired one removes it.
+            horizon = self.clock() - self.opts["future_ttl"]
+            for rid in [rid for rid, f in self._futures.items() if f.created < horizon]:
+                del self._futures[rid]
         rid = "req-%s-%d" % (self._prefix, self._counter)
         delay = self.opts["complete_delay"]
         fut = self._futures[rid] = _Future(rid, outcome, delay <= 0, self.clock())
@@ -386,6 +394,8 @@ class Service:
             answer = self._answer(model_id, outcome)
             if seq_id is not None:
                 model.replays[seq_id] = (key, answer, outcome)
+                # Retries arrive within seconds: keep a window of recent answers, not every one ever given.
+                model.replays.pop(seq_id - REPLAY_WINDOW, None)
                 model.next_seq += 1
                 self._cond.notify_all()
             return answer

@@ -1,7 +1,11 @@
-"""Directory-backed checkpoint store of the local server: atomic saves, an index file, TTLs and tar archives.
+"""Directory-backed checkpoint store of the local server: atomic saves, an index, TTLs and tar archives.
 
-Layout under ``root``: ``index.json`` (the only source of truth for what exists), ``data/<uuid>/`` (one
-committed checkpoint: ``weights.bin``, ``optimizer.bin``, ``manifest.json``) and ``tmp/`` (saves in progress).
+Layout under ``root``: ``index.json`` (a snapshot) plus ``journal.log`` (fsync'd JSON lines appended since
+the snapshot) are together the only source of truth for what exists; ``data/<uuid>/`` holds one committed
+checkpoint (``weights.bin``, ``optimizer.bin``, ``manifest.json``) and ``tmp/`` saves in progress.
+A save appends one journal line, so its cost does not grow with the number of checkpoints. At startup,
+and when the journal outgrows the index, the journal is folded into a new snapshot; a torn last line
+(a crash mid-append) is ignored, since its save never reported success.
 """
 
 import hashlib
@@ -66,6 +70,7 @@ class CheckpointStore:
         self._data = os.path.join(self.root, "data")
         self._tmp = os.path.join(self.root, "tmp")
         self._index_path = os.path.join(self.root, "index.json")
+        self._journal_path = os.path.join(self.root, "journal.log")
         self._archives: Dict[str, Tuple[bytes, str]] = {}
         for d in (self.root, self._data, self._tmp):
             os.makedirs(d, exist_ok=True)
@@ -73,7 +78,72 @@ class CheckpointStore:
         if os.path.exists(self._index_path):
             with open(self._index_path, "rb") as f:
                 self._index = json.load(f)["checkpoints"]
+        self._replay()
+        self._journal: Optional[int] = None
+        self._journal_records = 0
+        self._compact()
         self._cleanup()
+
+    def _replay(self) -> None:
+        if not os.path.exists(self._journal_path):
+            return
+        with open(self._journal_path, "rb") as f:
+            lines = f.read().split(b"\n")
+        for n, line in enumerate(lines):
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                op = record["op"]
+            except (ValueError, KeyError, TypeError):
+                # Only the last line can be torn (appends are sequential and fsync'd): that save never answered.
+                logger.debug("ignoring unreadable journal line %d of %d", n + 1, len(lines))
+                continue
+            if op == "put":
+                self._index[record["path"]] = record["entry"]
+            elif op == "del":
+                for path in record["paths"]:
+                    self._index.pop(path, None)
+
+    def _compact(self) -> None:
+        """Fold the journal into a new ``index.json`` snapshot, then start an empty journal."""
+        self._close_journal()
+        tmp = "%s.%s.tmp" % (self._index_path, uuid.uuid4().hex)
+        _write_file(tmp, json.dumps({"version": 1, "checkpoints": self._index}, sort_keys=True).encode("utf-8"))
+        os.replace(tmp, self._index_path)
+        _fsync_dir(self.root)
+        # Replaying the old journal onto the new snapshot changes nothing, so a crash here is harmless.
+        if os.path.exists(self._journal_path):
+            os.unlink(self._journal_path)
+            _fsync_dir(self.root)
+        self._journal_records = 0
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            os.close(self._journal)
+            self._journal = None
+
+    def close(self) -> None:
+        """Release the journal's file handle."""
+        with self._lock:
+            self._close_journal()
+
+    def _append(self, record: Dict[str, Any]) -> None:
+        """Make one change durable: one fsync'd journal line (O(1) in the number of checkpoints)."""
+        if self._journal is None:
+            self._journal = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            _fsync_dir(self.root)
+        line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+        written = os.write(self._journal, line)
+        if written != len(line):  # pragma: no cover - regular files take the whole write
+            raise OSError("short write to %s" % self._journal_path)
+        os.fsync(self._journal)
+        self._journal_records += 1
+
+    def _maybe_compact(self) -> None:
+        """Fold the journal once it outgrows the index (after the change is applied to ``_index``): O(1) amortised."""
+        if self._journal_records > max(1000, len(self._index)):
+            self._compact()
 
     def _cleanup(self) -> None:
         # A save killed before its index write leaves a tmp dir or an unreferenced data dir: both are invisible.
@@ -88,20 +158,16 @@ class CheckpointStore:
             if name.startswith("index.json.") and name.endswith(".tmp"):
                 os.unlink(os.path.join(self.root, name))
 
-    def _write_index(self, index: Dict[str, Dict[str, Any]]) -> None:
-        tmp = "%s.%s.tmp" % (self._index_path, uuid.uuid4().hex)
-        _write_file(tmp, json.dumps({"version": 1, "checkpoints": index}, sort_keys=True).encode("utf-8"))
-        os.replace(tmp, self._index_path)
-        _fsync_dir(self.root)
-        self._index = index
 
     def _live(self, entry: Optional[Dict[str, Any]]) -> bool:
         return entry is not None and (entry["expires_at"] is None or entry["expires_at"] > self.clock())
 
     def _drop(self, paths: List[str]) -> None:
-        index = {k: v for k, v in self._index.items() if k not in paths}
         dirs = [self._index[p]["dir"] for p in paths]
-        self._write_index(index)
+        self._append({"op": "del", "paths": list(paths)})
+        for p in paths:
+            del self._index[p]
+        self._maybe_compact()
         for d in dirs:
             self._archives.pop(d, None)
             shutil.rmtree(os.path.join(self._data, d), ignore_errors=True)
@@ -185,9 +251,9 @@ class CheckpointStore:
                 weights_sha256=files["weights.bin"]["sha256"],
                 optimizer_sha256=files["optimizer.bin"]["sha256"],
             )
-            index = dict(self._index)
-            index[path] = entry
-            self._write_index(index)
+            self._append({"op": "put", "path": path, "entry": entry})
+            self._index[path] = entry
+            self._maybe_compact()
             if hook:
                 hook("index_written", path)
             if old is not None:
@@ -222,9 +288,10 @@ class CheckpointStore:
             entry = self._index.get(tinker_path)
             if not self._live(entry):
                 return False
-            index = dict(self._index)
-            index[tinker_path] = dict(entry, **changes)
-            self._write_index(index)
+            entry = dict(entry, **changes)
+            self._append({"op": "put", "path": tinker_path, "entry": entry})
+            self._index[tinker_path] = entry
+            self._maybe_compact()
             return True
 
     def archive(self, entry: Dict[str, Any]) -> Tuple[bytes, str]:
