@@ -25,16 +25,27 @@ LONG_POLL_SECONDS = 1.0
 QueueStateCallback = Callable[[str, str], None]
 
 
-def submit(transport: _Transport, path: str, request: Any, *, attempts: Optional[List[str]] = None) -> _wire.UntypedAPIFuture:
-    """POST a typed request and return the server's future handle."""
-    resp = transport.request("POST", API + path, dumps(request), attempts=attempts)
+def submit(
+    transport: _Transport,
+    path: str,
+    request: Any,
+    *,
+    attempts: Optional[List[str]] = None,
+    idempotency_key: Optional[str] = None,
+) -> _wire.UntypedAPIFuture:
+    """POST a typed request and return the server's future handle.
+
+    ``idempotency_key`` re-sends an earlier submission under its original ``X-Idempotency-Key``.
+    """
+    headers = {"X-Idempotency-Key": idempotency_key} if idempotency_key else None
+    resp = transport.request("POST", API + path, dumps(request), extra_headers=headers, attempts=attempts, expect_json=True)
     return decode(resp.json(), _wire.UntypedAPIFuture)
 
 
 def call(transport: _Transport, method: str, path: str, request: Any, result_cls: Type[T]) -> T:
     """Send a request answered directly (not through a future) and decode the answer."""
     body = None if request is None else dumps(request)
-    resp = transport.request(method, API + path, body)
+    resp = transport.request(method, API + path, body, expect_json=True)
     return decode(resp.json(), result_cls)
 
 
@@ -66,7 +77,13 @@ def poll(
         t0 = time.monotonic()
         try:
             resp = transport.request(
-                "POST", API + "/retrieve_future", body, timeout=timeout, extra_headers=headers, ok_statuses=(408,)
+                "POST",
+                API + "/retrieve_future",
+                body,
+                timeout=timeout,
+                extra_headers=headers,
+                ok_statuses=(408,),
+                expect_json=True,
             )
         except PromiseExpiredError as exc:
             raise PromiseExpiredError(

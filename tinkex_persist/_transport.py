@@ -15,10 +15,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import requests
 import requests.adapters
 import requests.utils
+from requests.structures import CaseInsensitiveDict
 
 from . import __version__
 from ._wire import WIRE_SDK_VERSION
-from .config import Config
+from .config import ENV_API_KEY, Config
 from .exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -41,10 +42,13 @@ def _redacted(headers: Mapping[str, str]) -> Dict[str, str]:
     return {k: ("<redacted>" if k.lower() in _SECRET_HEADERS else v) for k, v in headers.items()}
 
 
+_UNPARSED = object()
+
+
 class Response:
     """The parts of a final HTTP response the operations need."""
 
-    __slots__ = ("status", "headers", "content", "method", "path", "request_id")
+    __slots__ = ("status", "headers", "content", "method", "path", "request_id", "_json")
 
     def __init__(self, status: int, headers: Mapping[str, str], content: bytes, method: str, path: str) -> None:
         self.status = status
@@ -53,11 +57,15 @@ class Response:
         self.method = method
         self.path = path
         self.request_id = headers.get("x-request-id")
+        self._json: Any = _UNPARSED
 
     def json(self) -> Any:
-        """Return the decoded JSON body, or raise :class:`DecodeError`."""
+        """Return the decoded JSON body (parsed once), or raise :class:`DecodeError`."""
+        if self._json is not _UNPARSED:
+            return self._json
         try:
-            return json.loads(self.content) if self.content else None
+            self._json = json.loads(self.content) if self.content else None
+            return self._json
         except ValueError as exc:
             raise DecodeError(
                 "%s %s -> %d: response is not JSON (%d bytes)" % (self.method, self.path, self.status, len(self.content)),
@@ -87,6 +95,8 @@ def status_error(resp: Response) -> APIStatusError:
     msg = "%s %s -> %d %s" % (resp.method, resp.path, resp.status, reason)
     if detail:
         msg += ": " + detail
+    if resp.status == 401:
+        msg += "; check the API key (api_key=... or the %s environment variable)" % ENV_API_KEY
     if resp.request_id:
         msg += " (request_id=%s)" % resp.request_id
     return status_error_class(resp.status)(
@@ -134,24 +144,34 @@ class _Transport:
 
     # ------------------------------------------------------------------ sessions
 
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
+    def _session(self) -> Tuple[requests.Session, requests.adapters.HTTPAdapter]:
+        pair = getattr(self._local, "pair", None)
+        if pair is None:
             if self._closed:
                 raise APIConnectionError("client is closed", method="", url=self._base)
             s = requests.Session()
             s.trust_env = False
             s.proxies.update(self._proxies)
             s.verify = self.config.verify
-            s.headers.clear()
-            s.headers.update(self._headers)
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
             s.mount("http://", adapter)
             s.mount("https://", adapter)
             with self._lock:
                 self._sessions.append(s)
-            self._local.session = s
-        return s
+            pair = self._local.pair = (s, adapter)
+        return pair
+
+    def _secrets(self, body: Optional[bytes]) -> List[bytes]:
+        """The key and any access token a request carries: a server that echoes them gets them redacted."""
+        secrets = [self.config.api_key.encode("utf-8")] if self.config.api_key else []
+        if body and b'"weights_access_token"' in body:
+            try:
+                token = json.loads(body).get("weights_access_token")
+            except (ValueError, AttributeError):
+                token = None
+            if isinstance(token, str) and token:
+                secrets.append(token.encode("utf-8"))
+        return secrets
 
     def close(self) -> None:
         """Close every Session this transport created."""
@@ -174,20 +194,29 @@ class _Transport:
         stream: bool = False,
     ) -> Tuple[Response, Optional[requests.Response]]:
         """Send one request without retrying; raise APIConnectionError/APITimeoutError if no response came."""
-        url = self._base + path
-        session = self._session()
+        _, adapter = self._session()
+        # A request prepared by hand and handed to the adapter skips Session.request's per-call
+        # merging of environment, cookies and hooks: none apply here (trust_env is off, proxies and
+        # verify are resolved once), and it costs about a third of a loopback call.
+        prep = requests.PreparedRequest()
+        prep.method = method
+        prep.url = self._base + path
+        prep.headers = CaseInsensitiveDict(self._headers)
+        if headers:
+            prep.headers.update(headers)
+        if body is not None:
+            prep.headers["Content-Length"] = str(len(body))
+        elif method not in ("GET", "HEAD"):
+            prep.headers["Content-Length"] = "0"
+        else:
+            del prep.headers["Content-Type"]
+        prep.body = body
         t0 = time.monotonic()
         try:
-            r = session.request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                timeout=timeout or self.config.timeout,
-                allow_redirects=False,
-                stream=stream,
+            r = adapter.send(
+                prep, stream=stream, timeout=timeout or self.config.timeout, verify=self.config.verify, proxies=self._proxies
             )
-            content = b"" if stream else r.content
+            content = b"" if stream else _scrub(r.content, self._secrets(body))
         except requests.Timeout as exc:
             raise APITimeoutError("%s %s timed out: %s" % (method, path, type(exc).__name__), method=method, url=path) from exc
         except requests.RequestException as exc:
@@ -211,13 +240,16 @@ class _Transport:
         deadline: Optional[Deadline] = None,
         ok_statuses: Tuple[int, ...] = (),
         attempts: Optional[List[str]] = None,
+        expect_json: bool = False,
     ) -> Response:
         """Send a request, retrying transient failures, and return the final 2xx (or ``ok_statuses``) response.
 
         Retries connection errors, timeouts and RETRY_STATUSES with exponential back-off and full jitter,
         honouring ``Retry-After``, until ``config.max_retries`` or the deadline. Every attempt resends the
         same body and the same ``X-Idempotency-Key``. ``attempts``, when given, receives one entry per
-        attempt whose outcome is unknown to the client (the server may have applied it).
+        attempt whose outcome is unknown to the client (the server may have applied it); a connection
+        that was never opened is not one. With ``expect_json``, a 2xx answer whose body is not JSON (a
+        proxy's error page, a body cut short) is retried like a lost answer.
         """
         cfg = self.config
         deadline = deadline or Deadline(cfg.retry_deadline)
@@ -229,19 +261,25 @@ class _Transport:
             retry_after: Optional[float] = None
             try:
                 resp, _ = self.send_once(method, path, body, timeout=timeout, headers=headers)
-            except (APIConnectionError, DecodeError) as exc:
+            except APIConnectionError as exc:
                 failure: TinkexPersistError = exc
-                if attempts is not None:
+                if attempts is not None and not _never_sent(exc):
                     attempts.append(type(exc).__name__)
             else:
-                if resp.status < 300 or resp.status in ok_statuses:
+                decode_error = _not_json(resp) if expect_json else None
+                if decode_error is not None:
+                    failure = decode_error
+                    if attempts is not None:
+                        attempts.append(type(decode_error).__name__)
+                elif resp.status < 300 or resp.status in ok_statuses:
                     return resp
-                failure = status_error(resp)
-                if resp.status not in RETRY_STATUSES:
-                    raise failure
-                if attempts is not None and resp.status >= 500:
-                    attempts.append(str(resp.status))
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                else:
+                    failure = status_error(resp)
+                    if resp.status not in RETRY_STATUSES:
+                        raise failure
+                    if attempts is not None and resp.status >= 500:
+                        attempts.append(str(resp.status))
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
             if attempt >= cfg.max_retries:
                 raise failure
             wait = retry_after if retry_after is not None else _backoff(attempt, cfg.backoff_factor, cfg.backoff_max)
@@ -250,6 +288,37 @@ class _Transport:
             logger.debug("retrying %s %s in %.2fs after %s (attempt %d)", method, path, wait, type(failure).__name__, attempt + 1)
             time.sleep(wait)
             attempt += 1
+
+
+def _scrub(content: bytes, secrets: List[bytes]) -> bytes:
+    for secret in secrets:
+        if secret in content:
+            content = content.replace(secret, b"<redacted>")
+    return content
+
+
+def _not_json(resp: Response) -> Optional[DecodeError]:
+    """The DecodeError of a 2xx answer whose body is not JSON, else None."""
+    if resp.status >= 300 or not resp.content:
+        return None
+    try:
+        resp.json()
+    except DecodeError as exc:
+        return exc
+    return None
+
+
+def _never_sent(exc: APIConnectionError) -> bool:
+    """True when the connection was never opened (refused, connect timeout): the server saw nothing."""
+    cause = exc.__cause__
+    if isinstance(cause, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(cause.args[0], "reason", None) if cause is not None and cause.args else None
+    # urllib3's NewConnectionError (refused) subclasses ConnectTimeoutError; matched by name, since
+    # urllib3 is requests' dependency, not ours.
+    return isinstance(cause, requests.exceptions.ConnectionError) and any(
+        c.__name__ == "ConnectTimeoutError" for c in type(reason).__mro__
+    )
 
 
 def _backoff(attempt: int, factor: float, cap: float) -> float:

@@ -4,12 +4,20 @@ import collections
 import concurrent.futures
 import logging
 import threading
+import uuid
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Type, TypeVar
 
 from . import _ops, _wire
 from ._transport import _Transport
 from .config import Config
-from .exceptions import APIStatusError, ConfigError, UsageError
+from .exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    ConfigError,
+    DecodeError,
+    TinkexPersistError,
+    UsageError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +258,8 @@ class TrainingClient:
         self._queue: Deque[_Pending] = collections.deque()
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()
+        #: (path, request, idempotency key) of a submission whose outcome is unknown; see _reconcile.
+        self._unresolved: Optional[Tuple[str, Any, str]] = None
 
     def __repr__(self) -> str:
         return "<TrainingClient model_id=%r>" % self.model_id
@@ -271,28 +281,66 @@ class TrainingClient:
             while not pending.done:
                 with self._lock:
                     item = self._queue.popleft()
+                blocked = self._reconcile()
+                if blocked is not None:
+                    item.error, item.done = blocked, True
+                    continue
                 seq_id = self._next_seq
                 item.seq_id = seq_id
+                request, key = item.make(seq_id), uuid.uuid4().hex
                 try:
                     item.handle = _ops.submit(
-                        self.service._transport, item.path, item.make(seq_id), attempts=item.attempts
+                        self.service._transport, item.path, request, attempts=item.attempts, idempotency_key=key
                     )
                     self._next_seq += 1
-                except APIStatusError as exc:
-                    item.error = exc
-                    # A 4xx answer means the server did not take the seq_id; after an ambiguous failure
-                    # (a lost answer, a 5xx) it may have, so the number is not reused.
-                    if exc.status_code >= 500 or item.attempts:
-                        self._next_seq += 1
                 except BaseException as exc:
                     item.error = exc
-                    if item.attempts:
-                        self._next_seq += 1
+                    # A 4xx answer to an unambiguous send means the server did not take the seq_id. After a
+                    # lost answer, a 5xx or an undecodable 2xx it may have: that request is re-sent first.
+                    if (
+                        item.attempts
+                        or isinstance(exc, DecodeError)
+                        or isinstance(exc, APIStatusError) and exc.status_code >= 500
+                    ):
+                        self._unresolved = (item.path, request, key)
                 item.done = True
         if pending.error is not None:
             raise pending.error
         assert pending.handle is not None
         return pending.handle
+
+    def _reconcile(self) -> Optional[BaseException]:
+        """Settle a submission whose outcome is unknown, so seq_ids stay gapless; return an error if it stays unknown.
+
+        The request is re-sent with its seq_id, body and ``X-Idempotency-Key``: a server that applied it
+        replays its answer (nothing runs twice); one that never received it applies it now. Either way
+        its seq_id is then taken. A 4xx answer means it was not taken, and the seq_id is reused.
+        """
+        if self._unresolved is None:
+            return None
+        path, request, key = self._unresolved
+        try:
+            _ops.submit(self.service._transport, path, request, idempotency_key=key)
+        except APIStatusError as exc:
+            if exc.status_code >= 500:
+                return self._unresolved_error(exc)
+        except TinkexPersistError as exc:
+            return self._unresolved_error(exc)
+        else:
+            self._next_seq += 1
+        logger.debug("settled the earlier submission with seq_id %d of %s", request.seq_id, self.model_id)
+        self._unresolved = None
+        return None
+
+    def _unresolved_error(self, exc: TinkexPersistError) -> APIConnectionError:
+        err = APIConnectionError(
+            "not sent: the outcome of the earlier request with seq_id %d of %s is still unknown (%s)"
+            % (self._next_seq, self.model_id, exc.message),
+            method="POST",
+            url=getattr(exc, "url", ""),
+        )
+        err.__cause__ = exc
+        return err
 
     def _finish(self, pending: _Pending, result_cls: Type[T], request_type: str) -> Tuple[_Pending, T]:
         """Submit in order, then poll for the result (inside a worker)."""

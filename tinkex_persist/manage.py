@@ -368,9 +368,14 @@ def _list(
 
 def _delete_one(transport: _Transport, tp: TinkerPath, size: Optional[int]) -> DeleteOutcome:
     path = str(tp)
+    attempts: List[str] = []
     try:
-        transport.request("DELETE", _ops.API + _checkpoint_api_path(tp))
+        transport.request("DELETE", _ops.API + _checkpoint_api_path(tp), attempts=attempts)
     except NotFoundError as exc:
+        if attempts:
+            # An earlier attempt whose answer was lost deleted it: the 404 is this call's own work.
+            logger.debug("deleted %s (404 after %s)", path, attempts)
+            return DeleteOutcome(path=path, status="deleted", size_bytes=size)
         return DeleteOutcome(path=path, status="not_found", error=exc, size_bytes=size)
     except TinkexPersistError as exc:
         return DeleteOutcome(path=path, status="failed", error=exc, size_bytes=size)
