@@ -20,7 +20,8 @@ KINDS = {
     "truncate": "forward, then send the head and half the body and close",
     "garbage": "forward, then answer 200 with a body that is not JSON",
     "wrong_type": "forward, then answer with the server's body labelled text/html",
-    "trickle": "forward, then send the answer a few bytes at a time",
+    "trickle": "forward, then send the answer 16 bytes at a time, `seconds` apart (default 2 ms)",
+    "short_json": "forward, then answer 200 with the first half of the server's JSON body (a matching Content-Length)",
 }
 
 
@@ -98,18 +99,37 @@ class FaultProxy:
         return [r.path for r in self.records]
 
     def __enter__(self) -> "FaultProxy":
-        t = threading.Thread(target=self._accept, daemon=True)
+        t = threading.Thread(target=self._accept, args=(self._sock,), daemon=True)
         t.start()
         self._threads.append(t)
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
+    def refuse(self) -> None:
+        """Stop listening and cut every open connection: new connections are refused until :meth:`restore`."""
+        self._close_listener()
+        for c in list(self._conns):
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        """Listen again on the same port after :meth:`refuse`."""
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        t = threading.Thread(target=self._accept, args=(self._sock,), daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _close_listener(self) -> None:
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         except OSError:
             pass
         self._sock.close()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._close_listener()
         for c in list(self._conns):
             try:
                 c.shutdown(socket.SHUT_RDWR)
@@ -119,10 +139,10 @@ class FaultProxy:
         for t in self._threads:
             t.join(timeout=5)
 
-    def _accept(self) -> None:
+    def _accept(self, sock: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -185,7 +205,13 @@ class FaultProxy:
                     data = rhead + rbody
                     for i in range(0, len(data), 16):
                         conn.sendall(data[i : i + 16])
-                        time.sleep(0.002)
+                        time.sleep(fault.seconds or 0.002)
+                    continue
+                if fault.kind == "short_json":
+                    cut = rbody[: len(rbody) // 2]
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(cut) + cut
+                    )
                     continue
         except OSError:
             return

@@ -89,11 +89,13 @@ class TestAnswers:
                 svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=30)
         assert "promise expired" in str(info.value) and "may or may not" in str(info.value)
 
-    @pytest.mark.parametrize("body", [b"[1, 2]", b'{"unexpected": true}', b"not json"])
-    def test_malformed_result_is_decode_error(self, proxy, local_server, body):
-        """A result that is not the expected shape raises DecodeError."""
-        proxy.add("status", POLL, status=200, body=body)
-        with tp.ServiceClient(base_url=proxy.url, api_key=TEST_KEY, heartbeat_interval=None) as svc:
+    @pytest.mark.parametrize("body, count", [(b"[1, 2]", 1), (b'{"unexpected": true}', 1), (b"not json", 3)])
+    def test_malformed_result_is_decode_error(self, proxy, local_server, body, count):
+        """A result that is not the expected shape raises DecodeError (a body that is not JSON at all is
+        re-polled first, like a lost answer, and raises once the retries run out)."""
+        proxy.add("status", POLL, status=200, body=body, count=count)
+        with tp.ServiceClient(base_url=proxy.url, api_key=TEST_KEY, heartbeat_interval=None, max_retries=2,
+                              backoff_factor=0) as svc:
             with pytest.raises(tp.DecodeError):
                 svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=30)
 

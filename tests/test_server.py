@@ -226,11 +226,13 @@ class TestCheckpoints:
     """Tests for saving, listing, TTLs and deleting checkpoints."""
 
     def test_save_layout(self, api, local_server):
-        """A save commits files with a manifest of sizes and sha256, referenced by the index."""
+        """A save commits files with a manifest of sizes and sha256, referenced by one line of the index journal."""
         mid = api.model()
         path = api.save(mid, 1, "a")["path"]
         root = pathlib.Path(local_server.root)
-        entry = json.loads((root / "index.json").read_text())["checkpoints"][path]
+        records = [json.loads(line) for line in (root / "journal.log").read_text().splitlines()]
+        assert [("put", path)] == [(r["op"], r["path"]) for r in records]
+        entry = records[0]["entry"]
         manifest = json.loads((root / "data" / entry["dir"] / "manifest.json").read_text())
         for name, meta in manifest["files"].items():
             data = (root / "data" / entry["dir"] / name).read_bytes()

@@ -1,0 +1,160 @@
+"""Secrets: the API key and weights access tokens never appear in a repr, an exception (with its chained
+causes), a DEBUG log line, CLI output or ``--json``, even when a server echoes them back."""
+
+import json
+import re
+import logging
+import traceback
+
+import pytest
+
+import tinkex_persist as tp
+from faultproxy import FaultProxy
+from tinkex_persist import cli
+from tinkex_persist.localserver import LocalServer
+
+KEY = "tml-SECRET-key-5f1e2d3c4b5a69788796"
+TOKEN = "wat-SECRET-token-0a1b2c3d4e5f"
+
+
+def _texts(value):
+    """Every string form of ``value``; for an exception also its attributes and the whole cause chain."""
+    out = [str(value), repr(value)]
+    if isinstance(value, BaseException):
+        out.append("".join(traceback.format_exception(type(value), value, value.__traceback__)))
+        seen = set()
+        while value is not None and id(value) not in seen:
+            seen.add(id(value))
+            out.extend([str(value), repr(value), repr(getattr(value, "__dict__", {})), repr(value.args)])
+            value = value.__cause__ or value.__context__
+    return out
+
+
+def _assert_clean(texts):
+    leaks = [t for t in texts if KEY in t or TOKEN in t]
+    assert [] == leaks
+
+
+@pytest.fixture
+def keyed_server(tmp_path):
+    """A LocalServer that requires KEY."""
+    with LocalServer(tmp_path / "srv", api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def echo_proxy(keyed_server):
+    """A FaultProxy in front of ``keyed_server``."""
+    with FaultProxy(keyed_server.url) as proxy:
+        yield proxy
+
+
+class TestLibrary:
+    """Tests for what the library shows of its secrets."""
+
+    def test_operations_with_failures_leak_nothing(self, keyed_server, echo_proxy, caplog, tmp_path):
+        """Saves, loads, create-from-state, deletes and downloads, with faults, hostile echoes and DEBUG
+        logging of every logger, show neither the key nor the token anywhere."""
+        # A server can echo the key on any request, and a token only on a request that carried it.
+        echoed = json.dumps({"detail": "you sent X-API-Key %s and token %s" % (KEY, TOKEN)}).encode()
+        echoed_key = json.dumps({"detail": "you sent X-API-Key %s" % KEY}).encode()
+        captured, errors = [], []
+        with caplog.at_level(logging.DEBUG):
+            with tp.ServiceClient(
+                base_url=echo_proxy.url, api_key=KEY, backoff_factor=0, max_retries=2, heartbeat_interval=None,
+                timeout=(1.0, 0.5),
+            ) as svc:
+                tc = svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=10)
+                echo_proxy.add("lost_ack", "/api/v1/save_weights")
+                echo_proxy.add("status", "/api/v1/save_weights", status=503, body=echoed_key)
+                path = tp.save_state(tc, "a").result(timeout=10).path
+                steps = [
+                    (("status", "/api/v1/load_weights", dict(status=status, body=echoed, count=3)),
+                     lambda: tp.create_training_client_from_state(svc, path, weights_access_token=TOKEN))
+                    for status in (400, 401, 403, 404, 409, 422, 500)
+                ]
+                steps += [
+                    (("garbage", "/api/v1/load_weights", dict(count=3)),
+                     lambda: tp.load_state_with_optimizer(tc, path, weights_access_token=TOKEN)),
+                    (("status", "/api/v1/retrieve_future", dict(status=410, body=echoed)),
+                     lambda: tp.create_training_client_from_state(svc, path, weights_access_token=TOKEN)),
+                    (None, lambda: tp.create_training_client_from_state(svc, path + "-x", weights_access_token=TOKEN)),
+                    (None, lambda: tp.download_checkpoint(svc, path, str(tmp_path / "dl"))),
+                    (("status", "/api/v1/training_runs/*", dict(status=500, body=echoed_key, count=3)),
+                     lambda: tp.delete_checkpoints(svc, [path])),
+                ]
+                good = tp.create_training_client_from_state_with_optimizer(svc, path, weights_access_token=TOKEN)
+                captured.append(good.result(timeout=10))
+                for fault, call in steps:
+                    if fault:
+                        echo_proxy.add(fault[0], fault[1], **fault[2])
+                    try:
+                        captured.append(call().result(timeout=20))
+                    except tp.TinkexPersistError as exc:
+                        errors.append(exc)
+                captured += [svc, tc, svc.config, good]
+        assert 9 <= len(errors)
+        texts = [caplog.text] + [t for obj in captured + errors for t in _texts(obj)]
+        _assert_clean(texts)
+
+    def test_unreachable_server_errors_leak_nothing(self):
+        """A refused connection's error chain (which holds the requests exception) shows no secret."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with tp.ServiceClient(base_url="http://127.0.0.1:%d" % port, api_key=KEY, max_retries=0) as svc:
+            with pytest.raises(tp.APIConnectionError) as info:
+                tp.create_training_client_from_state(svc, "tinker://r/weights/a", weights_access_token=TOKEN).result(10)
+        _assert_clean(_texts(info.value))
+
+    def test_pickled_errors_leak_nothing(self, keyed_server, echo_proxy):
+        """An error that crossed a process boundary (pickled) carries no secret either."""
+        import pickle
+
+        echo_proxy.add("status", "/api/v1/create_session", status=401, body=json.dumps({"detail": KEY}).encode())
+        with tp.ServiceClient(base_url=echo_proxy.url, api_key=KEY, max_retries=0) as svc:
+            with pytest.raises(tp.AuthenticationError) as info:
+                svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=10)
+        _assert_clean(_texts(pickle.loads(pickle.dumps(info.value))))
+
+
+class TestCommandLine:
+    """Tests for what the command line prints."""
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["list"],
+            ["info", "{path}"],
+            ["ttl", "{path}", "--set", "7200"],
+            ["download", "{path}", "--dest", "{dest}"],
+            ["delete", "{path}", "--yes"],
+            ["keep-last", "1", "--run", "{run}"],
+            ["info", "tinker://nope/weights/x"],
+        ],
+    )
+    @pytest.mark.parametrize("flags", [[], ["--json"], ["-v"], ["-v", "--json"]])
+    def test_output_never_shows_the_key(self, keyed_server, monkeypatch, capsys, tmp_path, argv, flags):
+        """Every subcommand, human or ``--json``, quiet or ``-v``, prints neither the key nor the signed token."""
+        monkeypatch.setenv("TINKER_API_KEY", KEY)
+        with tp.ServiceClient(base_url=keyed_server.url, heartbeat_interval=None) as svc:
+            tc = svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=10)
+            path = tp.save_state(tc, "a").result(timeout=10).path
+        args = [a.format(path=path, dest=tmp_path / "dest", run=tc.model_id) for a in argv]
+        cli.main(["--base-url", keyed_server.url] + flags + args)
+        out, err = capsys.readouterr()
+        assert out or err
+        _assert_clean([out, err])
+        assert [] == re.findall(r"/local/v1/archives/(?!<signed>)[^\s\"]+", out + err)
+
+    def test_wrong_key_from_a_file_is_not_printed(self, keyed_server, capsys, tmp_path):
+        """A rejected key read from ``--api-key-file`` is not echoed in the error."""
+        key_file = tmp_path / "key"
+        key_file.write_text(TOKEN)  # a wrong key is a secret too
+        for flags in ([], ["--json"], ["-v"]):
+            assert 1 == cli.main(["--base-url", keyed_server.url, "--api-key-file", str(key_file)] + flags + ["list"])
+            out, err = capsys.readouterr()
+            assert "401" in out + err
+            _assert_clean([out, err])
