@@ -136,57 +136,89 @@ class RawClient:
 OPS = ("save_state", "load_state", "load_state_with_optimizer", "create_training_client_from_state")
 
 
-def per_op_latency(rounds: int) -> Dict[str, Dict[str, List[float]]]:
-    server = ServerProcess(allow_late_load=True)
-    try:
-        env = {"TINKER_API_KEY": DEMO_KEY, "TINKER_BASE_URL": server.url, "TINKER_TELEMETRY": "0"}
-        os.environ.update(env)
-        ours_svc = tp.ServiceClient(base_url=server.url, api_key=DEMO_KEY, heartbeat_interval=None)
-        ours = ours_svc.create_lora_training_client(BASE, rank=8).result()
-        raw = RawClient(server.port)
-        ops: Dict[str, Dict[str, Callable[[str], object]]] = {}
-        path_ours = tp.save_state(ours, "p", overwrite=True).result().path
-        ops["tinkex_persist"] = {
-            "save_state": lambda n: tp.save_state(ours, n, overwrite=True).result(),
-            "load_state": lambda n: tp.load_state(ours, path_ours).result(),
-            "load_state_with_optimizer": lambda n: tp.load_state_with_optimizer(ours, path_ours).result(),
-            "create_training_client_from_state": lambda n: tp.create_training_client_from_state(ours_svc, path_ours).result(),
+def _latency_ops(client: str, url: str, port: int, path: str) -> Dict[str, Callable[[str], object]]:
+    """The four operations of one client, set up against the server at ``url``."""
+    if client == "tinkex_persist":
+        svc = tp.ServiceClient(base_url=url, api_key=DEMO_KEY, heartbeat_interval=None)
+        tc = svc.create_lora_training_client(BASE, rank=8).result()
+        return {
+            "save_state": lambda n: tp.save_state(tc, n, overwrite=True).result(),
+            "load_state": lambda n: tp.load_state(tc, path).result(),
+            "load_state_with_optimizer": lambda n: tp.load_state_with_optimizer(tc, path).result(),
+            "create_training_client_from_state": lambda n: tp.create_training_client_from_state(svc, path).result(),
         }
-        ops["raw floor"] = {
+    if client == "raw floor":
+        raw = RawClient(port)
+        return {
             "save_state": lambda n: raw.save(n),
-            "load_state": lambda n: raw.load(path_ours, False),
-            "load_state_with_optimizer": lambda n: raw.load(path_ours, True),
-            "create_training_client_from_state": lambda n: raw.from_state(path_ours),
+            "load_state": lambda n: raw.load(path, False),
+            "load_state_with_optimizer": lambda n: raw.load(path, True),
+            "create_training_client_from_state": lambda n: raw.from_state(path),
         }
-        sdk_svc = None
-        if HAVE_SDK:
-            import tinker
+    import tinker
 
-            logging.getLogger("tinker").setLevel(logging.CRITICAL)  # its load_state logs a deprecation error per call
-            sdk_svc = tinker.ServiceClient()
-            sdk = sdk_svc.create_lora_training_client(BASE, rank=8).result()
-            ops["official SDK"] = {
-                "save_state": lambda n: sdk.save_state(n, overwrite=True).result(),
-                "load_state": lambda n: sdk.load_state(path_ours).result(),
-                "load_state_with_optimizer": lambda n: sdk.load_state_with_optimizer(path_ours).result(),
-                "create_training_client_from_state": lambda n: sdk_svc.create_training_client_from_state(path_ours).result(),
-            }
-        results: Dict[str, Dict[str, List[float]]] = {c: {op: [] for op in OPS} for c in ops}
-        for client in ops:  # warm-up
+    os.environ.update({"TINKER_API_KEY": DEMO_KEY, "TINKER_BASE_URL": url, "TINKER_TELEMETRY": "0"})
+    logging.getLogger("tinker").setLevel(logging.CRITICAL)  # its load_state logs a deprecation error per call
+    sdk_svc = tinker.ServiceClient()
+    sdk = sdk_svc.create_lora_training_client(BASE, rank=8).result()
+    return {
+        "save_state": lambda n: sdk.save_state(n, overwrite=True).result(),
+        "load_state": lambda n: sdk.load_state(path).result(),
+        "load_state_with_optimizer": lambda n: sdk.load_state_with_optimizer(path).result(),
+        "create_training_client_from_state": lambda n: sdk_svc.create_training_client_from_state(path).result(),
+    }
+
+
+def latency_worker(client: str, url: str, port: int, path: str) -> None:
+    """Child process: run one operation per stdin line (``op name``), print its duration in seconds."""
+    ops = _latency_ops(client, url, port, path)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        op, name = line.split()
+        t0 = time.perf_counter()
+        ops[op](name)
+        print(time.perf_counter() - t0, flush=True)
+    os._exit(0)  # the official SDK's background loop would otherwise keep the process alive
+
+
+def per_op_latency(rounds: int) -> Dict[str, Dict[str, List[float]]]:
+    """Each client runs in its own process (no shared GIL, no other client's threads); rounds are interleaved."""
+    server = ServerProcess(allow_late_load=True)
+    workers: Dict[str, subprocess.Popen] = {}
+    try:
+        with tp.ServiceClient(base_url=server.url, api_key=DEMO_KEY, heartbeat_interval=None) as svc:
+            path = tp.save_state(svc.create_lora_training_client(BASE, rank=8).result(), "p").result().path
+        clients = ["tinkex_persist", "raw floor"] + (["official SDK"] if HAVE_SDK else [])
+        for client in clients:
+            proc = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--latency-worker", client, server.url, str(server.port), path],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            assert proc.stdout is not None and "ready" == proc.stdout.readline().strip()
+            workers[client] = proc
+
+        def run(client: str, op: str, name: str) -> float:
+            proc = workers[client]
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("%s %s\n" % (op, name))
+            proc.stdin.flush()
+            return float(proc.stdout.readline())
+
+        results: Dict[str, Dict[str, List[float]]] = {c: {op: [] for op in OPS} for c in clients}
+        for client in clients:  # warm-up
             for op in OPS:
                 for i in range(3):
-                    ops[client][op]("w%d" % (i % 4))
+                    run(client, op, "w%d" % i)
         for r in range(rounds):
             for op in OPS:
-                for client in ops:  # interleaved: every client runs each op once per round
-                    t0 = time.perf_counter()
-                    ops[client][op]("r%d" % (r % 8))
-                    results[client][op].append(time.perf_counter() - t0)
-        ours_svc.close()
-        if sdk_svc is not None:
-            sdk_svc.close("success").result()
+                for client in clients:  # interleaved: every client runs each op once per round
+                    results[client][op].append(run(client, op, "r%d" % (r % 8)))
         return results
     finally:
+        for proc in workers.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(timeout=30)
         server.close()
 
 
@@ -262,20 +294,22 @@ def throughput(total: int, clients: int, workers: Sequence[int]) -> List[Tuple[i
 # --------------------------------------------------------------------------- 4. import time
 
 
-def import_time(runs: int) -> List[Tuple[str, float, float, int]]:
+def import_time(runs: int, pythons: Dict[str, str]) -> List[Tuple[str, float, float, int]]:
+    """Median import time per target, each in fresh processes of the interpreter that has it installed."""
     # VmRSS, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
     probe = (
         "import time, threading; t0 = time.perf_counter(); %s; dt = time.perf_counter() - t0;"
         "rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')];"
         "print(dt, int(rss[0]) / 1024 if rss else 0.0, threading.active_count())"
     )
-    targets = [("requests, attrs, cattrs", "import requests, attrs, cattrs"), ("tinkex_persist", "import tinkex_persist")]
-    if HAVE_SDK:
-        targets.append(("tinker (official SDK)", "import tinker"))
-    samples: Dict[str, List[Tuple[float, float, int]]] = {name: [] for name, _ in targets}
+    targets = [("requests, attrs, cattrs", "import requests, attrs, cattrs", pythons["tinkex_persist"]),
+               ("tinkex_persist", "import tinkex_persist", pythons["tinkex_persist"])]
+    if "tinker (official SDK)" in pythons:
+        targets.append(("tinker (official SDK)", "import tinker", pythons["tinker (official SDK)"]))
+    samples: Dict[str, List[Tuple[float, float, int]]] = {name: [] for name, _, _ in targets}
     for _ in range(runs):
-        for name, stmt in targets:  # interleaved fresh processes
-            out = subprocess.run([sys.executable, "-c", probe % stmt], capture_output=True, text=True, check=True).stdout.split()
+        for name, stmt, python in targets:  # interleaved fresh processes
+            out = subprocess.run([python, "-c", probe % stmt], capture_output=True, text=True, check=True).stdout.split()
             samples[name].append((float(out[0]), float(out[1]), int(out[2])))
     return [(n, statistics.median(s[0] for s in v), statistics.median(s[1] for s in v), max(s[2] for s in v))
             for n, v in samples.items()]
@@ -321,27 +355,36 @@ def footprint_installed() -> List[Tuple[str, int, float]]:
     return out
 
 
-def footprint_venv(repo: str) -> List[Tuple[str, int, float]]:
-    """``pip install`` each package into a fresh venv; count distributions and bytes, pip itself excluded."""
-    out = []
+def make_venvs(repo: str, parent: str) -> Dict[str, str]:
+    """``pip install`` tinkex_persist (and the official SDK, if it is installed here) into fresh venvs."""
+    pythons = {}
     targets = [("tinkex_persist", repo)] + ([("tinker (official SDK)", "tinker==0.38.0")] if HAVE_SDK else [])
-    for label, spec in targets:
-        with tempfile.TemporaryDirectory() as d:
-            subprocess.run([sys.executable, "-m", "venv", d], check=True)
-            pip = [os.path.join(d, "bin", "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-            subprocess.run(pip + ["install", spec], check=True, capture_output=True)
-            freeze = subprocess.run(pip + ["list", "--format=freeze"], capture_output=True, text=True).stdout
-            dists = [x for x in freeze.splitlines() if x and x.split("==")[0].lower() not in ("pip", "setuptools")]
-            site = subprocess.run([os.path.join(d, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True).stdout.strip()
-            size = 0
-            for entry in os.listdir(site):
-                if entry.lower().startswith(("pip", "setuptools", "_distutils_hack", "distutils-precedence")):
-                    continue
-                full = os.path.join(site, entry)
-                size += sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(full) for f in fs) if os.path.isdir(full) else os.path.getsize(full)
-            out.append((label, len(dists), size / 1e6))
-    return out
+    for i, (label, spec) in enumerate(targets):
+        d = os.path.join(parent, "venv%d" % i)
+        subprocess.run([sys.executable, "-m", "venv", d], check=True)
+        python = os.path.join(d, "bin", "python")
+        subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", spec], check=True, capture_output=True)
+        pythons[label] = python
+    return pythons
+
+
+def footprint_venv(python: str) -> Tuple[int, float]:
+    """Distributions and bytes in a venv's site-packages, pip and setuptools excluded."""
+    freeze = subprocess.run([python, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
+                            capture_output=True, text=True, check=True).stdout
+    dists = [x for x in freeze.splitlines() if x and x.split("==")[0].lower() not in ("pip", "setuptools")]
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    size = 0
+    for entry in os.listdir(site):
+        if entry.lower().startswith(("pip", "setuptools", "_distutils_hack", "distutils-precedence")):
+            continue
+        full = os.path.join(site, entry)
+        if os.path.isdir(full):
+            size += sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(full) for f in fs)
+        else:
+            size += os.path.getsize(full)
+    return len(dists), size / 1e6
 
 
 # --------------------------------------------------------------------------- report
@@ -350,7 +393,12 @@ def footprint_venv(repo: str) -> List[Tuple[str, int, float]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sample sizes; finishes in under a minute")
+    parser.add_argument("--latency-worker", nargs=4, metavar=("CLIENT", "URL", "PORT", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.latency_worker:
+        client, url, port, path = args.latency_worker
+        latency_worker(client, url, int(port), path)
+        return 0
     quick = args.quick
     t_start = time.monotonic()
     print("tinkex_persist %s benchmark, %s, Python %s, %s, %d CPUs%s" % (
@@ -379,22 +427,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for w, ops_s, peak in throughput(total, 20, (1, 4, 16)):
         print("  max_workers=%-3d %7.0f saves/s   peak threads %d   (%d saves)" % (w, ops_s, peak, total))
 
-    print("\n4. Import time in fresh processes (median), RSS after import, threads")
-    rows = import_time(5 if quick else 15)
-    base_t = rows[0][1]
-    for name, dt, rss, threads in rows:
-        print("  %-24s %6.1f ms  (+%5.1f ms over requests/attrs/cattrs)  RSS %5.1f MB  threads %d"
-              % (name, dt * 1e3, (dt - base_t) * 1e3, rss, threads))
+    parent = tempfile.mkdtemp(prefix="tp-bench-venvs-")
+    try:
+        if quick:
+            pythons = {"tinkex_persist": sys.executable}
+            if HAVE_SDK:
+                pythons["tinker (official SDK)"] = sys.executable
+            where = "this interpreter (an editable install adds its import hook)"
+        else:
+            pythons = make_venvs(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), parent)
+            where = "fresh venvs, `pip install`"
+        print("\n4. Import time in fresh processes (median), RSS after import, threads; %s" % where)
+        rows = import_time(5 if quick else 15, pythons)
+        base_t = rows[0][1]
+        for name, dt, rss, threads in rows:
+            print("  %-24s %6.1f ms  (+%5.1f ms over requests/attrs/cattrs)  RSS %5.1f MB  threads %d"
+                  % (name, dt * 1e3, (dt - base_t) * 1e3, rss, threads))
 
-    print("\n5. Installed footprint")
-    if quick:
-        print("  (dependency closure of the installed distributions)")
-        rows5 = footprint_installed()
-    else:
-        print("  (fresh venvs, pip install)")
-        rows5 = footprint_venv(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for label, n, mb in rows5:
-        print("  %-24s %3d distributions  %6.1f MB" % (label, n, mb))
+        print("\n5. Installed footprint")
+        if quick:
+            print("  (dependency closure of the installed distributions)")
+            rows5 = footprint_installed()
+        else:
+            print("  (fresh venvs, pip install; pip and setuptools not counted)")
+            rows5 = [(label,) + footprint_venv(python) for label, python in pythons.items()]
+        for label, n, mb in rows5:
+            print("  %-24s %3d distributions  %6.1f MB" % (label, n, mb))
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
     print("\ndone in %.1f s" % (time.monotonic() - t_start))
     return 0
 
