@@ -238,7 +238,7 @@ def polling(delays: Sequence[float], repeats: int) -> List[Tuple[str, str, float
                 if HAVE_SDK:
                     import tinker
 
-                    os.environ["TINKER_BASE_URL"] = server.url
+                    os.environ.update({"TINKER_API_KEY": DEMO_KEY, "TINKER_BASE_URL": server.url, "TINKER_TELEMETRY": "0"})
                     logging.getLogger("tinker").setLevel(logging.CRITICAL)
                     sdk_svc = tinker.ServiceClient()
                     stc = sdk_svc.create_lora_training_client(BASE, rank=4).result()
