@@ -22,15 +22,17 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tinkex_persist as tp
+from tinkex_persist._transport import USER_AGENT
 from tinkex_persist.demo import DEMO_KEY
 from tinkex_persist.localserver import LocalServer
 
 BASE = "Qwen/Qwen3-8B"
-HEADERS = {"Content-Type": "application/json", "Accept": "application/json", "X-API-Key": DEMO_KEY}
+HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json", "Content-Type": "application/json", "X-API-Key": DEMO_KEY}
 
 try:  # the official SDK is optional
     warnings.simplefilter("ignore", FutureWarning)
@@ -85,7 +87,11 @@ class ServerProcess:
 
 
 class RawClient:
-    """The floor: one keep-alive ``http.client`` connection sending the same two requests per operation."""
+    """The floor: one keep-alive ``http.client`` connection sending the same two requests per operation.
+
+    Same bodies and the same headers as tinkex_persist (User-Agent, X-Idempotency-Key on every POST,
+    X-Tinker-Request-* on polls), so the difference is client overhead only.
+    """
 
     def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -99,20 +105,23 @@ class RawClient:
         self.model_id = self.new_model()
         self.seq = 1
 
-    def post(self, path: str, body: dict) -> dict:
-        self.conn.request("POST", path, json.dumps(body, separators=(",", ":")), HEADERS)
+    def post(self, path: str, body: dict, **extra: str) -> dict:
+        headers = dict(HEADERS, **extra)
+        headers["X-Idempotency-Key"] = uuid.uuid4().hex
+        self.conn.request("POST", path, json.dumps(body, separators=(",", ":")), headers)
         return json.loads(self.conn.getresponse().read())
 
-    def call(self, path: str, body: dict) -> dict:
+    def call(self, path: str, body: dict, kind: str = "SaveWeights") -> dict:
         rid = self.post(path, body)["request_id"]
-        return self.post("/api/v1/retrieve_future", {"request_id": rid, "allow_metadata_only": True})
+        poll = {"X-Tinker-Request-Iteration": "0", "X-Tinker-Request-Type": kind}
+        return self.post("/api/v1/retrieve_future", {"request_id": rid, "allow_metadata_only": True}, **poll)
 
     def new_model(self) -> str:
         body = {"session_id": self.session_id, "model_seq_id": self.model_seq, "base_model": BASE,
                 "lora_config": {"rank": 8, "train_unembed": True, "train_mlp": True, "train_attn": True},
                 "optimizer_config": {"type": "adamw"}, "type": "create_model"}
         self.model_seq += 1
-        return self.call("/api/v1/create_model", body)["model_id"]
+        return self.call("/api/v1/create_model", body, "CreateModel")["model_id"]
 
     def save(self, name: str) -> str:
         body = {"model_id": self.model_id, "path": name, "seq_id": self.seq, "overwrite": True, "type": "save_weights"}
@@ -122,13 +131,13 @@ class RawClient:
     def load(self, path: str, optimizer: bool) -> None:
         body = {"model_id": self.model_id, "seq_id": self.seq, "path": path, "optimizer": optimizer, "type": "load_weights"}
         self.seq += 1
-        self.call("/api/v1/load_weights", body)
+        self.call("/api/v1/load_weights", body, "LoadWeights")
 
     def from_state(self, path: str) -> None:
         body = {"session_id": self.session_id, "model_seq_id": self.model_seq, "path": path, "optimizer": False,
                 "type": "load_weights"}
         self.model_seq += 1
-        self.call("/api/v1/load_weights", body)
+        self.call("/api/v1/load_weights", body, "LoadWeights")
 
 
 # --------------------------------------------------------------------------- 1. per-op latency
