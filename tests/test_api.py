@@ -265,6 +265,23 @@ class TestServiceClient:
                 time.sleep(0.01)
         assert local_server.stats.requests["/api/v1/session_heartbeat"] >= 2
 
+    def test_heartbeats_stop_when_the_server_ended_the_session(self, local_server):
+        """A 410 on a heartbeat (session finished server-side) stops the heartbeat thread."""
+        import threading
+        import time
+
+        svc = tp.ServiceClient(base_url=local_server.url, api_key=TEST_KEY, heartbeat_interval=0.02)
+        try:
+            svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=30)
+            local_server.faults.add("/api/v1/session_heartbeat", status=410, body={"detail": "session finished"})
+            deadline = time.monotonic() + 5
+            while svc._heartbeat.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not svc._heartbeat.is_alive()
+            assert not any(t.name == "tinkex_persist-heartbeat" for t in threading.enumerate())
+        finally:
+            svc.close()
+
     @pytest.mark.parametrize("kwargs", [{"base_model": ""}, {"base_model": "Q", "rank": 0}, {"base_model": "Q", "rank": True}])
     def test_bad_model_arguments_raise(self, service, kwargs):
         """create_lora_training_client validates its arguments synchronously."""

@@ -100,6 +100,26 @@ class TestRetries:
         assert [1] == [s for s in local_server.seq_log[training_client.model_id] if s is not None]
         assert 1 == len(local_server.service.list_run(training_client.model_id)["checkpoints"])
 
+    def test_exists_after_a_lost_answer_counts_as_this_save(self, proxy, training_client, local_server):
+        """A server without replay protection reports "already exists" on the retry of a committed save: that is success."""
+        svc = training_client.service
+        svc._transport = _transport(proxy.url)
+        proxy.add("lost_ack", "/api/v1/save_weights")
+        # What a server that re-ran the retried request would answer for the name it had just written.
+        proxy.add("status", "/api/v1/retrieve_future", status=200, body=b'{"error": "checkpoint already exists", "category": "user"}')
+        result = tp.save_state(training_client, "lost").result(timeout=30)
+        assert "tinker://%s/weights/lost" % training_client.model_id == result.path
+        assert 1 == len(local_server.service.list_run(training_client.model_id)["checkpoints"])
+
+    def test_exists_without_a_lost_answer_is_checkpoint_exists_error(self, proxy, training_client, local_server):
+        """The same "already exists" after a clean first attempt fails fast with CheckpointExistsError."""
+        svc = training_client.service
+        svc._transport = _transport(proxy.url)
+        proxy.add("status", "/api/v1/retrieve_future", status=200, body=b'{"error": "checkpoint already exists", "category": "user"}')
+        with pytest.raises(tp.CheckpointExistsError):
+            tp.save_state(training_client, "clean").result(timeout=30)
+        assert 1 == len([r for r in proxy.records if r.path == "/api/v1/save_weights"])
+
     def test_retries_stop_at_the_deadline(self, proxy):
         """With a deadline shorter than the back-off, the last error is raised without waiting."""
         proxy.add("status", HEALTH, status=503, count=5)

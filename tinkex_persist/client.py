@@ -15,6 +15,7 @@ from .exceptions import (
     APIStatusError,
     ConfigError,
     DecodeError,
+    PromiseExpiredError,
     TinkexPersistError,
     UsageError,
 )
@@ -139,6 +140,9 @@ class ServiceClient:
         while not self._stop.wait(interval):
             try:
                 _ops.heartbeat(self._transport, session_id)
+            except PromiseExpiredError:
+                logger.warning("session %s was ended by the server (410); heartbeats stopped", session_id)
+                return
             except Exception as exc:  # a missed heartbeat is not the user's error; the next one may pass
                 logger.debug("heartbeat for session %s failed: %s", session_id, exc)
 
