@@ -316,9 +316,15 @@ def import_time(runs: int, pythons: Dict[str, str]) -> List[Tuple[str, float, fl
     if "tinker (official SDK)" in pythons:
         targets.append(("tinker (official SDK)", "import tinker", pythons["tinker (official SDK)"]))
     samples: Dict[str, List[Tuple[float, float, int]]] = {name: [] for name, _, _ in targets}
+    # Bytecode as an installed package has it: allowed to be written, and written by a warm-up run.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for _, stmt, python in targets:
+        subprocess.run([python, "-c", stmt], check=True, cwd=tempfile.gettempdir(), env=env)
     for _ in range(runs):
         for name, stmt, python in targets:  # interleaved fresh processes
-            out = subprocess.run([python, "-c", probe % stmt], capture_output=True, text=True, check=True).stdout.split()
+            # From a neutral directory, so a source checkout in the cwd cannot shadow the installed package.
+            out = subprocess.run([python, "-c", probe % stmt], capture_output=True, text=True, check=True,
+                                 cwd=tempfile.gettempdir(), env=env).stdout.split()
             samples[name].append((float(out[0]), float(out[1]), int(out[2])))
     return [(n, statistics.median(s[0] for s in v), statistics.median(s[1] for s in v), max(s[2] for s in v))
             for n, v in samples.items()]
