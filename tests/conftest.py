@@ -194,3 +194,12 @@ def sdk_server(tmp_path, sdk_env):
     with LocalServer(tmp_path / "sdk-root", api_key=SDK_KEY) as srv:
         sdk_env(srv.url)
         yield srv
+
+
+@pytest.fixture
+def sdk_service(sdk_server):
+    """An official ``tinker.ServiceClient`` on ``sdk_server``, closed at teardown."""
+    tinker = pytest.importorskip("tinker")
+    client = tinker.ServiceClient()
+    yield client
+    client.close("success").result()

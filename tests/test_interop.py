@@ -25,11 +25,9 @@ def server(sdk_server):
 
 
 @pytest.fixture
-def sdk(server):
-    """An official ServiceClient."""
-    client = tinker.ServiceClient()
-    yield client
-    client.close("success").result()
+def sdk(sdk_service):
+    """An official ServiceClient on ``server``."""
+    return sdk_service
 
 
 @pytest.fixture

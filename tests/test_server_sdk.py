@@ -20,11 +20,9 @@ def server(sdk_server):
 
 
 @pytest.fixture
-def service(server):
+def service(sdk_service):
     """An official ServiceClient on the local server, closed at teardown."""
-    client = tinker.ServiceClient()
-    yield client
-    client.close("success").result()
+    return sdk_service
 
 
 @pytest.fixture
