@@ -107,11 +107,7 @@ class FaultProxy:
     def refuse(self) -> None:
         """Stop listening and cut every open connection: new connections are refused until :meth:`restore`."""
         self._close_listener()
-        for c in list(self._conns):
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._cut_connections()
 
     def restore(self) -> None:
         """Listen again on the same port after :meth:`refuse`."""
@@ -127,14 +123,18 @@ class FaultProxy:
             pass
         self._sock.close()
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._close_listener()
+    def _cut_connections(self) -> None:
         for c in list(self._conns):
             try:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._close_listener()
+        self._cut_connections()
+        for c in list(self._conns):
             c.close()
         for t in self._threads:
             t.join(timeout=5)
