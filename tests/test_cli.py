@@ -327,7 +327,7 @@ class TestConfigurationAndLogging:
         assert 0 == code
         assert "DEBUG" in err and "GET /api/v1/training_runs/" in err
         assert mgmt_service.config.api_key not in out + err
-        client_lines = [line for line in err.splitlines() if "tinkex_persist.manage" in line]
+        client_lines = [line for line in err.splitlines() if "tinkex_persist.download" in line]
         assert any("/<signed>" in line for line in client_lines)
         # The signed URL carries its credential in the path: the client logs only its origin.
         assert [] == [line for line in client_lines if "/local/v1/archives/" in line]

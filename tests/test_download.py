@@ -12,7 +12,7 @@ import requests
 
 import tinkex_persist as tp
 from faultproxy import FaultProxy
-from tinkex_persist import manage
+from tinkex_persist import download, manage
 
 ARCHIVE_API = "/api/v1/training_runs/*/archive"
 SIGNED = "/local/v1/archives/*"
@@ -307,7 +307,7 @@ class TestAnnouncedDigest:
     )
     def test_header_forms(self, headers, expected):
         """A hex header, RFC 9530 Repr-Digest and RFC 3230 Digest are understood; anything else is ignored."""
-        assert expected == manage._announced_sha256(requests.structures.CaseInsensitiveDict(headers))
+        assert expected == download._announced_sha256(requests.structures.CaseInsensitiveDict(headers))
 
 
 class TestSafeExtract:

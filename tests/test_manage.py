@@ -7,7 +7,7 @@ import time
 import pytest
 
 import tinkex_persist as tp
-from tinkex_persist import manage
+from tinkex_persist import _time, manage
 
 DELETE_PATTERN = "/api/v1/training_runs/*/checkpoints/weights/*"
 
@@ -118,12 +118,12 @@ class TestParseTime:
     )
     def test_accepts_the_services_forms(self, text, expected):
         """RFC 3339 with Z or an offset, any fraction length, date-only and epoch seconds all parse to aware UTC."""
-        assert expected == manage._parse_time(text)
+        assert expected == _time.parse_time(text)
 
     def test_rejects_garbage(self):
         """Text that is not a time raises ValueError."""
         with pytest.raises(ValueError):
-            manage._parse_time("yesterday")
+            _time.parse_time("yesterday")
 
 
 class TestDeleteCheckpoints:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import tinkex_persist as tp
-from tinkex_persist._transport import _Transport
+from tinkex_persist._transport import Transport
 from tinkex_persist.config import Config
 from tinkex_persist.localserver import LocalServer
 
@@ -124,7 +124,7 @@ class TestSessionHelpers:
         from tinkex_persist import _ops
 
         path = tp.save_state(training_client, "i").result(timeout=30).path
-        t = _Transport(Config(base_url=local_server.url, api_key=TEST_KEY))
+        t = Transport(Config(base_url=local_server.url, api_key=TEST_KEY))
         info = _ops.weights_info(t, path)
         assert ("Qwen/Qwen3-8B", True, 8) == (info.base_model, info.is_lora, info.lora_rank)
         assert training_client.model_id == _ops.get_info(t, training_client.model_id).model_id

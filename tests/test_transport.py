@@ -8,7 +8,7 @@ import pytest
 import requests
 
 import tinkex_persist as tp
-from tinkex_persist._transport import USER_AGENT, _redacted, _Transport
+from tinkex_persist._transport import USER_AGENT, _redacted, Transport
 from tinkex_persist.config import Config
 
 from conftest import TEST_KEY
@@ -18,7 +18,7 @@ HEALTH = "/api/v1/healthz"
 
 def _transport(url, **kw):
     kw.setdefault("backoff_factor", 0)
-    return _Transport(Config(base_url=url, api_key=TEST_KEY, **kw))
+    return Transport(Config(base_url=url, api_key=TEST_KEY, **kw))
 
 
 class TestStatusMapping:

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     sys.modules["tinkex_persist"] = None  # any import of the original package now raises ImportError
     import acme_tp
     from acme_tp.localserver import LocalServer
-    from acme_tp import manage
+    from acme_tp import checkpoints
 
     with LocalServer(tempfile.mkdtemp()) as server:
         with acme_tp.ServiceClient(base_url=server.url, api_key="tml-vendored") as service:
@@ -27,9 +27,9 @@ SCRIPT = textwrap.dedent(
             resumed = acme_tp.create_training_client_from_state_with_optimizer(service, saved.path).result()
             loaded = acme_tp.load_state(
                 service.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(), saved.path).result()
-            listed = manage.list_checkpoints(service, tc.model_id).result()
+            listed = checkpoints.list_checkpoints(service, tc.model_id).result()
     print(saved.path.split("/")[-1], resumed.model_id != tc.model_id, loaded.path == saved.path,
-          [c.name for c in listed], manage.logger.name, type(acme_tp.UsageError("x")).__module__)
+          [c.name for c in listed], checkpoints.logger.name, type(acme_tp.UsageError("x")).__module__)
     """
 )
 
@@ -55,7 +55,7 @@ class TestVendor:
         run = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, %r)\n" % str(dest) + SCRIPT],
                              capture_output=True, text=True, timeout=60, cwd=str(tmp_path), env=_clean_env(dest))
         assert 0 == run.returncode, run.stderr
-        assert "v1 True True ['v1'] acme_tp.manage acme_tp.exceptions" == run.stdout.strip()
+        assert "v1 True True ['v1'] acme_tp.checkpoints acme_tp.exceptions" == run.stdout.strip()
 
     def test_vendored_cli_runs(self, tmp_path):
         """``python -m <copy>`` runs the copy's command line."""
@@ -70,7 +70,7 @@ class TestVendor:
         copied = tmp_path / "acme_tp"
         assert [] == list(copied.rglob("__pycache__"))
         assert (copied / "VENDORED_FROM").read_text().startswith("tinkex_persist ")
-        assert (copied / "manage.py").read_bytes() == (ROOT / "tinkex_persist" / "manage.py").read_bytes()
+        assert (copied / "checkpoints.py").read_bytes() == (ROOT / "tinkex_persist" / "checkpoints.py").read_bytes()
 
     def test_replaces_an_earlier_copy_but_nothing_else(self, tmp_path):
         """Vendoring again replaces an earlier copy; a directory that is not a copy is left alone (exit 1)."""

@@ -84,19 +84,19 @@ class TestRequestVectors:
 class TestKeyTable:
     """Tests for the pinned attribute -> JSON key table."""
 
-    @pytest.mark.parametrize("cls", list(_wire._KEYS), ids=lambda c: c.__name__)
+    @pytest.mark.parametrize("cls", list(_wire.KEYS), ids=lambda c: c.__name__)
     def test_table_lists_every_field(self, cls):
-        """Every field of every wire class is pinned in ``_KEYS``: a renamed attribute fails here."""
-        assert set(attrs.fields_dict(cls)) == set(_wire._KEYS[cls])
+        """Every field of every wire class is pinned in ``KEYS``: a renamed attribute fails here."""
+        assert set(attrs.fields_dict(cls)) == set(_wire.KEYS[cls])
 
     def test_every_wire_class_is_in_the_table(self):
         """No attrs class in ``_wire`` escapes the table."""
         classes = {v for v in vars(_wire).values() if isinstance(v, type) and attrs.has(v)}
-        assert classes == set(_wire._KEYS)
+        assert classes == set(_wire.KEYS)
 
     def test_load_weights_optimizer_key_is_pinned(self):
         """The load request's optimizer flag travels as ``optimizer``."""
-        assert "optimizer" == _wire._KEYS[_wire.LoadWeightsRequest]["optimizer"]
+        assert "optimizer" == _wire.KEYS[_wire.LoadWeightsRequest]["optimizer"]
 
     def test_a_class_outside_the_table_cannot_be_encoded(self):
         """Encoding an unreviewed attrs class raises instead of deriving keys."""

@@ -2,7 +2,7 @@
 
 import logging
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .api import (  # noqa: E402
     create_training_client_from_state,
@@ -34,7 +34,17 @@ from .exceptions import (  # noqa: E402
     UsageError,
 )
 from .exceptions import ArchiveChecksumError, CheckpointDeleteError, DownloadError, UnsafeArchiveError  # noqa: E402
-from .types import LoadStateResult, SaveStateResult, WeightsInfo  # noqa: E402
+from .types import (  # noqa: E402
+    CheckpointInfo,
+    DeleteOutcome,
+    DeleteReport,
+    DownloadProgress,
+    DownloadResult,
+    LoadStateResult,
+    RetentionReport,
+    SaveStateResult,
+    WeightsInfo,
+)
 
 __all__ = (
     "APIConnectionError",
@@ -85,31 +95,28 @@ __all__ = (
     "set_checkpoint_ttl",
 )
 
-#: Names served from ``tinkex_persist.manage``, imported on first access (it pulls in tarfile and friends).
-_LAZY = frozenset(
-    {
-        "CheckpointInfo",
-        "DeleteOutcome",
-        "DeleteReport",
-        "DownloadProgress",
-        "DownloadResult",
-        "RetentionReport",
-        "delete_checkpoints",
-        "download_checkpoint",
-        "get_weights_info",
-        "keep_last",
-        "list_checkpoints",
-        "set_checkpoint_ttl",
-    }
-)
+#: Functions served from the modules that pull in tarfile, hashlib and friends, imported on first access.
+_LAZY = {
+    "delete_checkpoints": "checkpoints",
+    "download_checkpoint": "download",
+    "get_weights_info": "checkpoints",
+    "keep_last": "checkpoints",
+    "list_checkpoints": "checkpoints",
+    "set_checkpoint_ttl": "checkpoints",
+}
 
 
-def __getattr__(name: str):  # PEP 562
-    if name in _LAZY:
-        from . import manage
+def __getattr__(name: str) -> object:  # PEP 562
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    if module == "download":
+        from . import download
 
-        return getattr(manage, name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+        return getattr(download, name)
+    from . import checkpoints
+
+    return getattr(checkpoints, name)
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

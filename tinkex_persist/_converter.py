@@ -1,7 +1,7 @@
-"""The one cattrs Converter: hooks built from ``_wire._KEYS``, strict primitives, ``encode``/``decode``.
+"""The one cattrs Converter: hooks built from ``_wire.KEYS``, strict primitives, ``encode``/``decode``.
 
 Requests reject unknown keys and omit None-valued fields; responses tolerate unknown keys (logged once
-per class at DEBUG). No hook factory is used: a class absent from ``_KEYS`` cannot be encoded or decoded.
+per class at DEBUG). No hook factory is used: a class absent from ``KEYS`` cannot be encoded or decoded.
 """
 
 import json
@@ -40,7 +40,7 @@ def _strict_hook(kind: type) -> Callable[[Any, Any], Any]:
 
 def _key_list(cls: type) -> Mapping[str, str]:
     try:
-        return _wire._KEYS[cls]
+        return _wire.KEYS[cls]
     except KeyError:  # pragma: no cover - guarded by test_wire_golden's table check
         raise TypeError("%s is not a wire class" % cls.__name__) from None
 
@@ -51,7 +51,7 @@ def make_converter() -> cattrs.Converter:
     # Simpler types first: cattrs dispatches to the most recently registered matching hook.
     for kind in (str, int, float, bool):
         c.register_structure_hook(kind, _strict_hook(kind))
-    for cls, keys in _wire._KEYS.items():
+    for cls, keys in _wire.KEYS.items():
         overrides = {attr: override(rename=key) for attr, key in keys.items() if key != attr}
         unstructure = make_dict_unstructure_fn(cls, c, **overrides)
         strict = cls in _wire.STRICT
@@ -110,7 +110,7 @@ def shared_converter() -> cattrs.Converter:
 
 def encode(obj: Any) -> Dict[str, Any]:
     """Return the wire dict of a wire object."""
-    if not attrs.has(type(obj)) or type(obj) not in _wire._KEYS:
+    if not attrs.has(type(obj)) or type(obj) not in _wire.KEYS:
         raise TypeError("%s is not a wire class" % type(obj).__name__)
     return shared_converter().unstructure(obj)
 

@@ -6,7 +6,7 @@ from typing import Any, Callable, List, Optional, Type, TypeVar
 
 from . import _wire
 from ._converter import decode, dumps
-from ._transport import Deadline, _Transport
+from ._transport import Deadline, Transport
 from .exceptions import APITimeoutError, DecodeError, PromiseExpiredError, RequestFailedError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ QueueStateCallback = Callable[[str, str], None]
 
 
 def submit(
-    transport: _Transport,
+    transport: Transport,
     path: str,
     request: Any,
     *,
@@ -42,7 +42,7 @@ def submit(
     return decode(resp.json(), _wire.UntypedAPIFuture)
 
 
-def call(transport: _Transport, method: str, path: str, request: Any, result_cls: Type[T]) -> T:
+def call(transport: Transport, method: str, path: str, request: Any, result_cls: Type[T]) -> T:
     """Send a request answered directly (not through a future) and decode the answer."""
     body = None if request is None else dumps(request)
     resp = transport.request(method, API + path, body, expect_json=True)
@@ -50,7 +50,7 @@ def call(transport: _Transport, method: str, path: str, request: Any, result_cls
 
 
 def poll(
-    transport: _Transport,
+    transport: Transport,
     request_id: str,
     result_cls: Type[T],
     request_type: str,
@@ -136,7 +136,7 @@ def _poll_timeout(request_id: str, seconds: Optional[float]) -> APITimeoutError:
     )
 
 
-def create_session(transport: _Transport, request: _wire.CreateSessionRequest) -> str:
+def create_session(transport: Transport, request: _wire.CreateSessionRequest) -> str:
     """Create a session and return its id."""
     resp = call(transport, "POST", "/create_session", request, _wire.CreateSessionResponse)
     if resp.error_message:
@@ -147,20 +147,20 @@ def create_session(transport: _Transport, request: _wire.CreateSessionRequest) -
     return resp.session_id
 
 
-def heartbeat(transport: _Transport, session_id: str) -> None:
+def heartbeat(transport: Transport, session_id: str) -> None:
     """Tell the server the session is alive."""
     body = dumps(_wire.SessionHeartbeatRequest(session_id=session_id))
     transport.request("POST", API + "/session_heartbeat", body, deadline=Deadline(5.0))
 
 
-def finish_session(transport: _Transport, session_id: str) -> None:
+def finish_session(transport: Transport, session_id: str) -> None:
     """Close the session on the server."""
     body = dumps(_wire.FinishSessionRequest())
     transport.request("POST", "%s/sessions/%s/finish" % (API, session_id), body, deadline=Deadline(5.0))
 
 
 def create_model(
-    transport: _Transport, request: _wire.CreateModelRequest, on_queue_state: Optional[QueueStateCallback] = None
+    transport: Transport, request: _wire.CreateModelRequest, on_queue_state: Optional[QueueStateCallback] = None
 ) -> str:
     """Create a training model and return its id."""
     fut = submit(transport, "/create_model", request)
@@ -168,11 +168,11 @@ def create_model(
     return result.model_id
 
 
-def weights_info(transport: _Transport, tinker_path: str) -> _wire.WeightsInfoResponse:
+def weights_info(transport: Transport, tinker_path: str) -> _wire.WeightsInfoResponse:
     """Describe a checkpoint."""
     return call(transport, "POST", "/weights_info", _wire.WeightsInfoRequest(tinker_path=tinker_path), _wire.WeightsInfoResponse)
 
 
-def get_info(transport: _Transport, model_id: str) -> _wire.GetInfoResponse:
+def get_info(transport: Transport, model_id: str) -> _wire.GetInfoResponse:
     """Describe a training model."""
     return call(transport, "POST", "/get_info", _wire.GetInfoRequest(model_id=model_id), _wire.GetInfoResponse)

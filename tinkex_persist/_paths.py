@@ -1,4 +1,4 @@
-"""Validation of checkpoint names, run ids and ``tinker://`` paths, shared by the client and the local server."""
+"""Validation of checkpoint names, run ids, counts and ``tinker://`` paths, shared by the client and the local server."""
 
 from typing import Any, NamedTuple
 
@@ -30,6 +30,12 @@ class TinkerPath(NamedTuple):
     @property
     def checkpoint_id(self) -> str:
         return "%s/%s" % (self.kind, self.name)
+
+    @property
+    def api_path(self) -> str:
+        """The checkpoint's REST path below ``/api/v1``: ``/training_runs/<run_id>/checkpoints/<kind>/<name>``."""
+        # The run id goes in raw (colons unescaped) and the checkpoint id keeps its slash, as the official SDK sends.
+        return "/training_runs/%s/checkpoints/%s" % (self.run_id, self.checkpoint_id)
 
     def __str__(self) -> str:
         return "%s%s/%s/%s" % (SCHEME, self.run_id, self.kind, self.name)
@@ -117,3 +123,10 @@ def check_ttl(ttl_seconds: Any) -> Any:
             % (ttl_seconds, MIN_TTL_SECONDS, MAX_TTL_SECONDS)
         )
     return ttl_seconds
+
+
+def check_int(value: Any, what: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int (not a bool) of at least ``minimum``, else raise :class:`UsageError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError("%s must be an int >= %d, got %r" % (what, minimum, value))
+    return value

@@ -1,4 +1,4 @@
-"""``_Transport``: per-thread ``requests.Session``, headers, timeouts, the retry loop and status -> exception.
+"""``Transport``: per-thread ``requests.Session``, headers, timeouts, the retry loop and status -> exception.
 
 One retry policy lives here. Every POST carries an ``X-Idempotency-Key`` created once per logical call
 and reused on each retry, so retrying a submission can never apply it twice on a server that honours it.
@@ -17,7 +17,7 @@ import requests.adapters
 import requests.utils
 from requests.structures import CaseInsensitiveDict
 
-from . import __version__
+from ._version import __version__
 from ._wire import WIRE_SDK_VERSION
 from .config import ENV_API_KEY, Config
 from .exceptions import (
@@ -121,7 +121,7 @@ class Deadline:
         return float("inf") if self.end is None else self.end - time.monotonic()
 
 
-class _Transport:
+class Transport:
     """Blocking HTTP to one base URL. Safe to share between threads: each thread uses its own Session."""
 
     def __init__(self, config: Config) -> None:
@@ -279,7 +279,7 @@ class _Transport:
                         raise failure
                     if attempts is not None and resp.status >= 500:
                         attempts.append(str(resp.status))
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             if attempt >= cfg.max_retries:
                 raise failure
             wait = retry_after if retry_after is not None else _backoff(attempt, cfg.backoff_factor, cfg.backoff_max)
@@ -326,7 +326,7 @@ def _backoff(attempt: int, factor: float, cap: float) -> float:
     return random.uniform(0, min(cap, factor * (2 ** attempt)))
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
     if not value:
         return None
     try:

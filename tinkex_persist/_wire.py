@@ -1,6 +1,6 @@
-"""Request and response wire classes, and ``_KEYS``: the table that pins every attribute to its JSON key.
+"""Request and response wire classes, and ``KEYS``: the table that pins every attribute to its JSON key.
 
-Attribute names equal wire names. The converter (``_converter.py``) builds its hooks from ``_KEYS`` only,
+Attribute names equal wire names. The converter (``_converter.py``) builds its hooks from ``KEYS`` only,
 so a class or field missing from the table cannot be encoded, and a renamed attribute fails a test.
 Field order follows the official SDK 0.38.0, so encoded bodies are byte-identical to its requests.
 Classes are not slotted: building ~30 slotted classes costs ~8 ms more at import (see tools/bench.py).
@@ -380,7 +380,7 @@ def _identity(*names: str) -> Dict[str, str]:
 
 
 #: Every field of every wire class -> its JSON key. The converter knows no class outside this table.
-_KEYS: Mapping[type, Mapping[str, str]] = {
+KEYS: Mapping[type, Mapping[str, str]] = {
     LoraConfig: _identity("rank", "seed", "train_unembed", "train_mlp", "train_attn"),
     OptimizerConfig: _identity("type"),
     AdamParams: _identity("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm"),

@@ -17,11 +17,14 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
-from . import __version__, manage
+from . import checkpoints, download
+from ._version import __version__
+from ._time import parse_date, parse_seconds
 from .client import ServiceClient
 from .config import ENV_API_KEY, ENV_BASE_URL, Config, read_env
 from ._paths import parse_path
-from .exceptions import APIStatusError, ConfigError, TinkexPersistError, UsageError
+from .exceptions import APIStatusError, CheckpointDeleteError, ConfigError, TinkexPersistError, UsageError
+from .types import CheckpointInfo, DeleteReport, DownloadProgress
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +122,9 @@ def _isatty(stream: Any) -> bool:
 
 def _date(text: str) -> datetime.datetime:
     try:
-        value = manage._parse_time(text)
-    except ValueError:
-        value = None
-    if value is None:
-        raise argparse.ArgumentTypeError("%r is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][Z|+HH:MM]" % text)
-    return value
+        return parse_date(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -139,9 +139,9 @@ def _positive_int(text: str) -> int:
 
 def _seconds(text: str) -> int:
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number of seconds" % text) from None
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _common() -> argparse.ArgumentParser:
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extract under DIR/<run_id>/<kind>/<name> (default: current directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an already extracted copy")
     p.add_argument("--keep-archive", action="store_true", help="keep the verified .tar next to the directory")
-    p.add_argument("--wait", type=float, default=manage.DEFAULT_ARCHIVE_WAIT, metavar="SECONDS",
+    p.add_argument("--wait", type=float, default=download.DEFAULT_ARCHIVE_WAIT, metavar="SECONDS",
                    help="longest wait for the archive to be built (default %(default)s)")
     p.set_defaults(func=cmd_download)
     return parser
@@ -307,7 +307,7 @@ def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
 def cmd_info(args: argparse.Namespace, out: _Output) -> int:
     """Describe one checkpoint."""
     with _service(args) as service:
-        info = manage.get_weights_info(service, args.path).result()
+        info = checkpoints.get_weights_info(service, args.path).result()
     data = {
         "tinker_path": args.path,
         "base_model": info.base_model,
@@ -333,29 +333,29 @@ def cmd_info(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
-def _checkpoint_rows(checkpoints: Sequence[manage.CheckpointInfo]) -> str:
+def _checkpoint_rows(listed: Sequence[CheckpointInfo]) -> str:
     rows = [[c.tinker_path, c.checkpoint_type, _when(c.time), _size(c.size_bytes), _when(c.expires_at)]
-            for c in checkpoints]
+            for c in listed]
     return _table(rows, ["PATH", "TYPE", "CREATED", "SIZE", "EXPIRES"])
 
 
 def cmd_list(args: argparse.Namespace, out: _Output) -> int:
     """List checkpoints."""
     with _service(args) as service:
-        checkpoints = manage.list_checkpoints(service, args.run, limit=args.limit).result()
-    total = sum(c.size_bytes or 0 for c in checkpoints)
-    if checkpoints:
-        human = "%s\n\n%d checkpoint(s), %s" % (_checkpoint_rows(checkpoints), len(checkpoints), _size(total))
+        listed = checkpoints.list_checkpoints(service, args.run, limit=args.limit).result()
+    total = sum(c.size_bytes or 0 for c in listed)
+    if listed:
+        human = "%s\n\n%d checkpoint(s), %s" % (_checkpoint_rows(listed), len(listed), _size(total))
     else:
         human = "no checkpoints" + (" in run %s" % args.run if args.run else "")
-    out.result(human, {"checkpoints": [c.to_json() for c in checkpoints]})
+    out.result(human, {"checkpoints": [c.to_json() for c in listed]})
     return EXIT_OK
 
 
 _VERBS = {"deleted": "deleted", "would_delete": "would delete", "not_found": "not found", "failed": "FAILED"}
 
 
-def _report_lines(report: manage.DeleteReport) -> List[str]:
+def _report_lines(report: DeleteReport) -> List[str]:
     lines = []
     for o in report.outcomes:
         line = "%-12s  %s" % (_VERBS.get(o.status, o.status), o.path)
@@ -376,7 +376,7 @@ def _report_lines(report: manage.DeleteReport) -> List[str]:
     return lines + ["", summary]
 
 
-def _report_exit(report: manage.DeleteReport) -> int:
+def _report_exit(report: DeleteReport) -> int:
     if not report.failed:
         return EXIT_OK
     return EXIT_PARTIAL if len(report.failed) < len(report.outcomes) else EXIT_FAILURE
@@ -404,9 +404,8 @@ def cmd_delete(args: argparse.Namespace, out: _Output) -> int:
         raise UsageError("--before and --after select within --run RUN")
     with _service(args) as service:
         if args.run:
-            listed = manage.list_checkpoints(service, args.run).result()
-            chosen = [c for c in listed
-                      if (args.before is None or c.time < args.before) and (args.after is None or c.time > args.after)]
+            listed = checkpoints.list_checkpoints(service, args.run).result()
+            chosen = checkpoints.select_checkpoints(listed, before=args.before, after=args.after)
             paths = [c.tinker_path for c in chosen]
             if not paths:
                 out.result("no checkpoints of run %s match; nothing to delete" % args.run,
@@ -422,8 +421,8 @@ def cmd_delete(args: argparse.Namespace, out: _Output) -> int:
                 out.note("\n".join("  %s" % p for p in paths))
             _confirm(out, "delete %d checkpoint(s)" % len(paths), args.yes)
         try:
-            report = manage.delete_checkpoints(service, paths, dry_run=args.dry_run).result()
-        except manage.CheckpointDeleteError as exc:
+            report = checkpoints.delete_checkpoints(service, paths, dry_run=args.dry_run).result()
+        except CheckpointDeleteError as exc:
             if exc.report is None:
                 raise
             report = exc.report
@@ -435,8 +434,8 @@ def cmd_keep_last(args: argparse.Namespace, out: _Output) -> int:
     """Apply a keep-newest-N retention to one run."""
     with _service(args) as service:
         try:
-            result = manage.keep_last(service, args.run, args.n, dry_run=args.dry_run).result()
-        except manage.CheckpointDeleteError as exc:
+            result = checkpoints.keep_last(service, args.run, args.n, dry_run=args.dry_run).result()
+        except CheckpointDeleteError as exc:
             if exc.report is None:
                 raise
             out.result("\n".join(_report_lines(exc.report)), {"run_id": args.run, "dry_run": args.dry_run,
@@ -455,7 +454,7 @@ def cmd_ttl(args: argparse.Namespace, out: _Output) -> int:
     """Set or remove a checkpoint's expiry."""
     ttl = None if args.remove else args.ttl_seconds
     with _service(args) as service:
-        manage.set_checkpoint_ttl(service, args.path, ttl).result()
+        checkpoints.set_checkpoint_ttl(service, args.path, ttl).result()
     if ttl is None:
         human = "%s: expiry removed; it is kept until deleted" % args.path
     else:
@@ -475,7 +474,7 @@ class _ProgressPrinter:
         self.last = 0.0
         self.dirty = False
 
-    def __call__(self, p: manage.DownloadProgress) -> None:
+    def __call__(self, p: DownloadProgress) -> None:
         if self.cancel.is_set():
             raise _Cancelled()
         if not self.out.progress:
@@ -513,7 +512,7 @@ def cmd_download(args: argparse.Namespace, out: _Output) -> int:
     cancel = threading.Event()
     printer = _ProgressPrinter(out, cancel)
     with _service(args) as service:
-        future = manage.download_checkpoint(service, args.path, args.dest, overwrite=args.overwrite,
+        future = download.download_checkpoint(service, args.path, args.dest, overwrite=args.overwrite,
                                             keep_archive=args.keep_archive, wait_timeout=args.wait, progress=printer)
         try:
             result = future.result()
@@ -572,7 +571,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, ConfigError) as exc:
         out.error(exc)
         return EXIT_USAGE
-    except manage.CheckpointDeleteError as exc:  # pragma: no cover - commands turn these into reports
+    except CheckpointDeleteError as exc:  # pragma: no cover - commands turn these into reports
         out.error(exc)
         return EXIT_PARTIAL
     except (TinkexPersistError, OSError) as exc:

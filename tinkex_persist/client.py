@@ -1,24 +1,34 @@
-"""``ServiceClient`` (session, thread pool, heartbeat) and ``TrainingClient`` (ordered submission per model)."""
+"""``ServiceClient`` (session, thread pool, heartbeat) and ``TrainingClient`` (one training run).
 
-import collections
+The clients own the behaviour: every operation is a method that validates its arguments at once
+(nothing is sent on bad input), then runs one work item on the service client's pool and returns a
+plain ``concurrent.futures.Future``. ``api.py`` is one-line delegations over these methods.
+``Runner``, ``runner_of``, ``send_in_order`` and the ``check_*`` functions at the end are the
+package's internal interface to the clients.
+"""
+
 import concurrent.futures
 import logging
 import threading
-import uuid
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Type, TypeVar
 
-from . import _ops, _wire
-from ._transport import _Transport
+from . import _ops, _paths, _wire
+from ._ordering import ModelQueue, Submission
+from ._paths import parse_path
+from ._transport import Transport
 from .config import Config
 from .exceptions import (
-    APIConnectionError,
     APIStatusError,
+    BadRequestError,
+    CheckpointExistsError,
     ConfigError,
-    DecodeError,
+    ConflictError,
     PromiseExpiredError,
-    TinkexPersistError,
+    RequestFailedError,
+    UnprocessableEntityError,
     UsageError,
 )
+from .types import LoadStateResult, SaveStateResult
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +85,7 @@ class ServiceClient:
         cfg.require_api_key()
         self.config = cfg
         self.on_queue_state = on_queue_state
-        self._transport = _Transport(cfg)
+        self._transport = Transport(cfg)
         self._lock = threading.Lock()
         self._session_lock = threading.Lock()
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -197,20 +207,130 @@ class ServiceClient:
             return TrainingClient(self, model_id, base_model=base_model, next_seq_id=1)
 
         return self._submit(work)
+    def create_training_client_from_state(
+        self,
+        path: str,
+        *,
+        base_model: Optional[str] = None,
+        user_metadata: Optional[Dict[str, Any]] = None,
+        weights_access_token: Optional[str] = None,
+    ) -> "concurrent.futures.Future[TrainingClient]":
+        """Start a new training run from a checkpoint's weights; the optimizer starts fresh.
 
-    def create_training_client_from_state(self, path: str, **kwargs: Any) -> "concurrent.futures.Future[TrainingClient]":
-        """Same as :func:`tinkex_persist.create_training_client_from_state` with this client."""
-        from .api import create_training_client_from_state
+        Sends one session-addressed ``load_weights`` and polls it (2 requests). A server that rejects
+        session addressing gets the older sequence: ``weights_info``, ``create_model``, ``load_weights``.
 
-        return create_training_client_from_state(self, path, **kwargs)
+        Args:
+            path: ``tinker://<run_id>/weights/<name>`` of a training checkpoint.
+            base_model: override of the checkpoint's base model (must be compatible).
+            user_metadata: metadata about the new run.
+            weights_access_token: token for a checkpoint owned by another account.
+
+        Returns:
+            A Future of the new :class:`TrainingClient`.
+
+        Raises:
+            UsageError, TypeError: bad arguments (immediately; nothing is sent).
+            RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+        """
+        return self._from_state(
+            path, optimizer=False, base_model=base_model, user_metadata=user_metadata,
+            weights_access_token=weights_access_token,
+        )
 
     def create_training_client_from_state_with_optimizer(
-        self, path: str, **kwargs: Any
+        self,
+        path: str,
+        *,
+        base_model: Optional[str] = None,
+        user_metadata: Optional[Dict[str, Any]] = None,
+        weights_access_token: Optional[str] = None,
     ) -> "concurrent.futures.Future[TrainingClient]":
-        """Same as :func:`tinkex_persist.create_training_client_from_state_with_optimizer` with this client."""
-        from .api import create_training_client_from_state_with_optimizer
+        """Resume a training run from a checkpoint: weights and Adam state. The exact-resume path.
 
-        return create_training_client_from_state_with_optimizer(self, path, **kwargs)
+        Same arguments, result and errors as :meth:`create_training_client_from_state`.
+        """
+        return self._from_state(
+            path, optimizer=True, base_model=base_model, user_metadata=user_metadata,
+            weights_access_token=weights_access_token,
+        )
+
+    def _from_state(
+        self,
+        path: str,
+        *,
+        optimizer: bool,
+        base_model: Optional[str],
+        user_metadata: Optional[Dict[str, Any]],
+        weights_access_token: Optional[str],
+    ) -> "concurrent.futures.Future[TrainingClient]":
+        parse_path(path)
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
+            raise UsageError("base_model must be a non-empty str or None")
+        metadata = _metadata(user_metadata, values_str=False)
+        token = _token(weights_access_token)
+        model_seq_id = self._allocate_model_seq()
+        transport = self._transport
+
+        def work() -> TrainingClient:
+            session_id = self._ensure_session()
+            request = _wire.LoadWeightsRequest(
+                session_id=session_id,
+                model_seq_id=model_seq_id,
+                base_model=base_model,
+                user_metadata=metadata,
+                path=path,
+                optimizer=optimizer,
+                weights_access_token=token,
+            )
+            try:
+                handle = _ops.submit(transport, "/load_weights", request)
+            except APIStatusError as exc:
+                if not _rejects_session_addressing(exc):
+                    raise
+                return self._from_state_legacy(session_id, model_seq_id, path, optimizer, base_model, metadata, token)
+            result = _ops.poll(transport, handle.request_id, _wire.LoadWeightsResponse, "LoadWeights",
+                               on_queue_state=self.on_queue_state)
+            model_id = "%s:train:%d" % (session_id, model_seq_id)
+            if result.model_id and result.model_id != model_id:
+                logger.debug("server named the new model %s (expected %s)", result.model_id, model_id)
+                model_id = result.model_id
+            return TrainingClient(self, model_id, base_model=base_model, next_seq_id=1)
+
+        return self._submit(work)
+
+    def _from_state_legacy(
+        self,
+        session_id: str,
+        model_seq_id: int,
+        path: str,
+        optimizer: bool,
+        base_model: Optional[str],
+        metadata: Optional[Dict[str, Any]],
+        token: Optional[str],
+    ) -> "TrainingClient":
+        """Older servers: weights_info, create_model, then load_weights as the model's first request."""
+        transport = self._transport
+        logger.debug("server rejected session-addressed load_weights; using weights_info + create_model")
+        info = _ops.weights_info(transport, path)
+        lora = _wire.LoraConfig(
+            rank=info.lora_rank or 32,
+            train_unembed=info.train_unembed if info.train_unembed is not None else True,
+            train_mlp=info.train_mlp if info.train_mlp is not None else True,
+            train_attn=info.train_attn if info.train_attn is not None else True,
+        )
+        create = _wire.CreateModelRequest(
+            session_id=session_id,
+            model_seq_id=model_seq_id,
+            base_model=base_model or info.base_model,
+            user_metadata=metadata,
+            lora_config=lora if info.is_lora else None,
+        )
+        model_id = _ops.create_model(transport, create, self.on_queue_state)
+        load = _wire.LoadWeightsRequest(model_id=model_id, seq_id=1, path=path, optimizer=optimizer, weights_access_token=token)
+        handle = _ops.submit(transport, "/load_weights", load)
+        _ops.poll(transport, handle.request_id, _wire.LoadWeightsResponse, "LoadWeights", on_queue_state=self.on_queue_state)
+        return TrainingClient(self, model_id, base_model=base_model or info.base_model, next_seq_id=2)
 
     def close(self) -> None:
         """Wait for running operations, finish the server session and release connections. Idempotent."""
@@ -232,21 +352,6 @@ class ServiceClient:
         self._transport.close()
 
 
-class _Pending:
-    """One queued submission of a training client, in call order."""
-
-    __slots__ = ("path", "make", "done", "handle", "error", "seq_id", "attempts")
-
-    def __init__(self, path: str, make: Callable[[int], Any]) -> None:
-        self.path = path
-        self.make = make
-        self.done = False
-        self.handle: Optional[_wire.UntypedAPIFuture] = None
-        self.error: Optional[BaseException] = None
-        self.seq_id = 0
-        self.attempts: List[str] = []
-
-
 class TrainingClient:
     """A handle on one training run (model) of a :class:`ServiceClient`.
 
@@ -258,118 +363,235 @@ class TrainingClient:
         self.service = service
         self.model_id = model_id
         self.base_model = base_model
-        self._next_seq = next_seq_id
-        self._queue: Deque[_Pending] = collections.deque()
-        self._lock = threading.Lock()
-        self._submit_lock = threading.Lock()
-        #: (path, request, idempotency key) of a submission whose outcome is unknown; see _reconcile.
-        self._unresolved: Optional[Tuple[str, Any, str]] = None
+        self._queue: ModelQueue[_wire.UntypedAPIFuture] = ModelQueue(self._send, model_id, next_seq_id)
 
     def __repr__(self) -> str:
         return "<TrainingClient model_id=%r>" % self.model_id
 
-    def _enqueue(self, path: str, make: Callable[[int], Any]) -> _Pending:
-        """Queue a submission; its seq_id is given at send time, in queue (call) order."""
-        pending = _Pending(path, make)
-        with self._lock:
-            self._queue.append(pending)
-        return pending
+    def _send(self, path: str, request: Any, idempotency_key: str, attempts: Optional[List[str]]) -> _wire.UntypedAPIFuture:
+        return _ops.submit(self.service._transport, path, request, attempts=attempts, idempotency_key=idempotency_key)
 
-    def _ensure_submitted(self, pending: _Pending) -> _wire.UntypedAPIFuture:
-        """Send queued submissions in order up to and including ``pending``; return its handle.
-
-        Whichever worker gets here first sends everything queued before its own request, so no
-        task ever waits for another queued task to be scheduled (works with ``max_workers=1``).
-        """
-        with self._submit_lock:
-            while not pending.done:
-                with self._lock:
-                    item = self._queue.popleft()
-                blocked = self._reconcile()
-                if blocked is not None:
-                    item.error, item.done = blocked, True
-                    continue
-                seq_id = self._next_seq
-                item.seq_id = seq_id
-                request, key = item.make(seq_id), uuid.uuid4().hex
-                try:
-                    item.handle = _ops.submit(
-                        self.service._transport, item.path, request, attempts=item.attempts, idempotency_key=key
-                    )
-                    self._next_seq += 1
-                except BaseException as exc:
-                    item.error = exc
-                    # A 4xx answer to an unambiguous send means the server did not take the seq_id. After a
-                    # lost answer, a 5xx or an undecodable 2xx it may have: that request is re-sent first.
-                    if (
-                        item.attempts
-                        or isinstance(exc, DecodeError)
-                        or isinstance(exc, APIStatusError) and exc.status_code >= 500
-                    ):
-                        self._unresolved = (item.path, request, key)
-                item.done = True
-        if pending.error is not None:
-            raise pending.error
-        assert pending.handle is not None
-        return pending.handle
-
-    def _reconcile(self) -> Optional[BaseException]:
-        """Settle a submission whose outcome is unknown, so seq_ids stay gapless; return an error if it stays unknown.
-
-        The request is re-sent with its seq_id, body and ``X-Idempotency-Key``: a server that applied it
-        replays its answer (nothing runs twice); one that never received it applies it now. Either way
-        its seq_id is then taken. A 4xx answer means it was not taken, and the seq_id is reused.
-        """
-        if self._unresolved is None:
-            return None
-        path, request, key = self._unresolved
-        try:
-            _ops.submit(self.service._transport, path, request, idempotency_key=key)
-        except APIStatusError as exc:
-            if exc.status_code >= 500:
-                return self._unresolved_error(exc)
-        except TinkexPersistError as exc:
-            return self._unresolved_error(exc)
-        else:
-            self._next_seq += 1
-        logger.debug("settled the earlier submission with seq_id %d of %s", request.seq_id, self.model_id)
-        self._unresolved = None
-        return None
-
-    def _unresolved_error(self, exc: TinkexPersistError) -> APIConnectionError:
-        err = APIConnectionError(
-            "not sent: the outcome of the earlier request with seq_id %d of %s is still unknown (%s)"
-            % (self._next_seq, self.model_id, exc.message),
-            method="POST",
-            url=getattr(exc, "url", ""),
-        )
-        err.__cause__ = exc
-        return err
-
-    def _finish(self, pending: _Pending, result_cls: Type[T], request_type: str) -> Tuple[_Pending, T]:
-        """Submit in order, then poll for the result (inside a worker)."""
-        handle = self._ensure_submitted(pending)
-        result = _ops.poll(
+    def _finish(self, submission: Submission[_wire.UntypedAPIFuture], result_cls: Type[T], request_type: str) -> T:
+        """Send in order, then poll for the result (inside a worker)."""
+        handle = self._queue.send_through(submission)
+        return _ops.poll(
             self.service._transport, handle.request_id, result_cls, request_type, on_queue_state=self.service.on_queue_state
         )
-        return pending, result
 
-    # Methods mirroring the official SDK's names; each delegates to the flat function.
+    def save_state(
+        self,
+        name: str,
+        *,
+        ttl_seconds: Optional[int] = None,
+        overwrite: bool = False,
+        user_metadata: Optional[Dict[str, str]] = None,
+    ) -> "concurrent.futures.Future[SaveStateResult]":
+        """Save the run's weights and optimizer state as checkpoint ``name``.
 
-    def save_state(self, name: str, **kwargs: Any) -> "concurrent.futures.Future[Any]":
-        """Same as :func:`tinkex_persist.save_state` on this client."""
-        from .api import save_state
+        Args:
+            name: checkpoint name, 1-128 characters without ``/``, ``..`` or control characters.
+            ttl_seconds: lifetime in seconds, 3600 to 10 years; None keeps it until deleted.
+            overwrite: replace an existing checkpoint of the same name.
+            user_metadata: str -> str metadata stored with the checkpoint.
 
-        return save_state(self, name, **kwargs)
+        Returns:
+            A Future of :class:`SaveStateResult`; its ``path`` is ``tinker://<model_id>/weights/<name>``.
+            It resolves only after the server reports the checkpoint committed.
 
-    def load_state(self, path: str, **kwargs: Any) -> "concurrent.futures.Future[Any]":
-        """Same as :func:`tinkex_persist.load_state` on this client."""
-        from .api import load_state
+        Raises:
+            UsageError, TypeError: bad arguments (immediately; nothing is sent).
+            CheckpointExistsError: the name exists and ``overwrite`` is False (set on the Future).
+            APIStatusError, APIConnectionError, RequestFailedError, DecodeError: failures (set on the Future).
+        """
+        _paths.check_name(name)
+        _paths.check_ttl(ttl_seconds)
+        if not isinstance(overwrite, bool):
+            raise UsageError("overwrite must be a bool, got %r" % (overwrite,))
+        metadata = _metadata(user_metadata, values_str=True)
 
-        return load_state(self, path, **kwargs)
+        def make(seq_id: int) -> _wire.SaveWeightsRequest:
+            return _wire.SaveWeightsRequest(
+                model_id=self.model_id,
+                path=name,
+                seq_id=seq_id,
+                ttl_seconds=ttl_seconds,
+                overwrite=overwrite,
+                user_metadata=metadata,
+            )
 
-    def load_state_with_optimizer(self, path: str, **kwargs: Any) -> "concurrent.futures.Future[Any]":
-        """Same as :func:`tinkex_persist.load_state_with_optimizer` on this client."""
-        from .api import load_state_with_optimizer
+        pending = self._queue.enqueue("/save_weights", make)
+        expected = "tinker://%s/weights/%s" % (self.model_id, name)
 
-        return load_state_with_optimizer(self, path, **kwargs)
+        def work() -> SaveStateResult:
+            try:
+                result = self._finish(pending, _wire.SaveWeightsResponse, "SaveWeights")
+            except (RequestFailedError, APIStatusError) as exc:
+                if not _is_exists_error(exc) or overwrite:
+                    raise
+                if pending.attempts:
+                    # An earlier attempt of this very call may have been committed before its answer was
+                    # lost; the name existing now is that save.
+                    logger.debug("save of %s retried after %s; treating 'already exists' as committed", expected, pending.attempts)
+                    return SaveStateResult(path=expected, model_id=self.model_id, seq_id=pending.seq_id)
+                raise CheckpointExistsError(
+                    "checkpoint %s already exists; pass overwrite=True to replace it, or choose another name" % expected,
+                    request_id=getattr(exc, "request_id", None),
+                    path=expected,
+                ) from exc
+            return SaveStateResult(path=result.path, model_id=self.model_id, seq_id=pending.seq_id)
+
+        return self.service._submit(work)
+
+    def load_state(self, path: str, *, weights_access_token: Optional[str] = None) -> "concurrent.futures.Future[LoadStateResult]":
+        """Load a checkpoint's weights onto this model; the optimizer starts fresh (wire: ``"optimizer": false``).
+
+        The service accepts this only as a model's first request (right after
+        ``create_lora_training_client``); to resume a run, prefer
+        :meth:`ServiceClient.create_training_client_from_state`.
+
+        Args:
+            path: ``tinker://<run_id>/weights/<name>`` of a training checkpoint.
+            weights_access_token: token for a checkpoint owned by another account.
+
+        Returns:
+            A Future of :class:`LoadStateResult`.
+
+        Raises:
+            UsageError, TypeError: bad arguments (immediately; nothing is sent).
+            RequestFailedError: the server refused or failed the load; a refusal because the model already
+                ran other requests names the create-from-state remedy (set on the Future).
+            APIStatusError, APIConnectionError, DecodeError: other failures (set on the Future).
+        """
+        return self._load(path, optimizer=False, weights_access_token=weights_access_token)
+
+    def load_state_with_optimizer(
+        self, path: str, *, weights_access_token: Optional[str] = None
+    ) -> "concurrent.futures.Future[LoadStateResult]":
+        """Load a checkpoint's weights and Adam state onto this model (wire: ``"optimizer": true``).
+
+        Same arguments, result and errors as :meth:`load_state`.
+        """
+        return self._load(path, optimizer=True, weights_access_token=weights_access_token)
+
+    def _load(
+        self, path: str, *, optimizer: bool, weights_access_token: Optional[str]
+    ) -> "concurrent.futures.Future[LoadStateResult]":
+        parse_path(path)
+        token = _token(weights_access_token)
+
+        def make(seq_id: int) -> _wire.LoadWeightsRequest:
+            return _wire.LoadWeightsRequest(
+                model_id=self.model_id, seq_id=seq_id, path=path, optimizer=optimizer, weights_access_token=token
+            )
+
+        pending = self._queue.enqueue("/load_weights", make)
+
+        def work() -> LoadStateResult:
+            try:
+                self._finish(pending, _wire.LoadWeightsResponse, "LoadWeights")
+            except (RequestFailedError, BadRequestError, UnprocessableEntityError) as exc:
+                if pending.seq_id == 1 or isinstance(exc, RequestFailedError) and exc.category != "user":
+                    raise
+                raise RequestFailedError(
+                    "the server refused to load %s onto %s: it accepts load_weights only as a model's first request "
+                    "(this was request %d); use create_training_client_from_state%s(service, path) to resume instead "
+                    "(server said: %s)"
+                    % (path, self.model_id, pending.seq_id, "_with_optimizer" if optimizer else "", exc.message),
+                    request_id=getattr(exc, "request_id", None),
+                    category="user",
+                ) from exc
+            return LoadStateResult(path=path, model_id=self.model_id, optimizer=optimizer)
+
+        return self.service._submit(work)
+
+
+# --------------------------------------------------------------------------- internal interface
+# What the package's other modules (checkpoints, download, demo) may use of the clients. Nothing
+# outside this module reaches into the clients' underscore members.
+
+
+class Runner:
+    """Runs work items of one :class:`ServiceClient` on its pool, over its transport. Internal."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: ServiceClient) -> None:
+        self._service = service
+
+    @property
+    def config(self) -> Config:
+        """The service client's configuration."""
+        return self._service.config
+
+    @property
+    def transport(self) -> Transport:
+        """The service client's HTTP transport (shared by its workers)."""
+        return self._service._transport
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> "concurrent.futures.Future[T]":
+        """Run ``fn(*args)`` on the service client's pool; raises :class:`UsageError` once it is closed."""
+        return self._service._submit(fn, *args)
+
+
+def runner_of(service: Any) -> Runner:
+    """Return the :class:`Runner` of ``service``; raise ``TypeError`` if it is not a :class:`ServiceClient`."""
+    return Runner(check_service(service))
+
+
+def check_service(service: Any) -> ServiceClient:
+    """Return ``service``, or raise ``TypeError`` if it is not a :class:`ServiceClient`."""
+    if not isinstance(service, ServiceClient):
+        raise TypeError("expected a tinkex_persist.ServiceClient, got %s" % type(service).__name__)
+    return service
+
+
+def check_training_client(tc: Any) -> TrainingClient:
+    """Return ``tc``, or raise ``TypeError`` if it is not a :class:`TrainingClient`."""
+    if not isinstance(tc, TrainingClient):
+        raise TypeError("expected a tinkex_persist.TrainingClient, got %s" % type(tc).__name__)
+    return tc
+
+
+def send_in_order(
+    tc: TrainingClient, path: str, make: Callable[[int], Any], result_cls: Type[T], request_type: str
+) -> "concurrent.futures.Future[T]":
+    """Queue one request on ``tc``'s model in call order; return a Future of its decoded result.
+
+    Internal: ``make(seq_id)`` builds the request when its turn comes; ``request_type`` names it to
+    ``retrieve_future``. The request is sent after every request queued before it on the model.
+    """
+    submission = tc._queue.enqueue(path, make)
+    return tc.service._submit(tc._finish, submission, result_cls, request_type)
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _metadata(value: Any, *, values_str: bool) -> Optional[Dict[str, Any]]:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise UsageError("user_metadata must be a dict with str keys, got %s" % type(value).__name__)
+    if values_str and not all(isinstance(v, str) for v in value.values()):
+        raise UsageError("user_metadata of a checkpoint must map str to str")
+    return dict(value)
+
+
+def _token(value: Any) -> Optional[str]:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise UsageError("weights_access_token must be a non-empty str or None")
+    return value
+
+
+def _is_exists_error(exc: BaseException) -> bool:
+    if isinstance(exc, ConflictError):
+        return True
+    text = exc.message if isinstance(exc, RequestFailedError) else ""
+    return "already exist" in text.lower()
+
+
+def _rejects_session_addressing(exc: APIStatusError) -> bool:
+    body = (exc.body or "").lower()
+    return isinstance(exc, (BadRequestError, UnprocessableEntityError)) and (
+        "session_id" in body or "model_seq_id" in body or "model_id" in body
+    )

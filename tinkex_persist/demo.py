@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from . import _wire
 from .api import create_training_client_from_state, create_training_client_from_state_with_optimizer, save_state
-from .client import ServiceClient, TrainingClient
+from .client import ServiceClient, TrainingClient, runner_of, send_in_order
 
 BASE_MODEL = "Qwen/Qwen3-8B"
 #: Local servers accept any key unless started with one; the demo's server is private to the demo.
@@ -17,14 +17,20 @@ DEMO_KEY = "tml-local-demo"
 def optim_step(tc: TrainingClient, learning_rate: float = 1e-2) -> Dict[str, float]:
     """Run one AdamW step on the server, in the client's request order. Local-server helper, not public API."""
     params = _wire.AdamParams(learning_rate=learning_rate)
-    pending = tc._enqueue("/optim_step", lambda seq_id: _wire.OptimStepRequest(model_id=tc.model_id, seq_id=seq_id, adam_params=params))
-    _, result = tc._finish(pending, _wire.OptimStepResponse, "OptimStep")
+    future = send_in_order(
+        tc,
+        "/optim_step",
+        lambda seq_id: _wire.OptimStepRequest(model_id=tc.model_id, seq_id=seq_id, adam_params=params),
+        _wire.OptimStepResponse,
+        "OptimStep",
+    )
+    result = future.result()
     return result.metrics or {}
 
 
 def model_state(service: ServiceClient, model_id: str) -> Dict[str, Any]:
     """Return the local server's view of a model: step and digests of weights and optimizer state."""
-    resp = service._transport.request("GET", "/local/v1/models/%s" % model_id)
+    resp = runner_of(service).transport.request("GET", "/local/v1/models/%s" % model_id)
     return resp.json()
 
 

@@ -1,8 +1,12 @@
 """Public result types returned through the Futures."""
 
-from typing import Optional
+import datetime
+from typing import Any, Dict, List, Optional, Tuple
 
 import attrs
+
+from ._paths import SCHEME
+from ._time import format_time
 
 
 @attrs.frozen(kw_only=True)
@@ -41,3 +45,173 @@ class WeightsInfo:
     train_attn: Optional[bool] = None
     optimizer: Optional[str] = None
     """Optimizer family recorded with the checkpoint (e.g. ``adamw``), if the server says."""
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointInfo:
+    """One stored checkpoint, as listed by the service. Field names follow the official SDK's ``Checkpoint``."""
+
+    checkpoint_id: str
+    """``weights/<name>`` or ``sampler_weights/<name>``."""
+    checkpoint_type: str
+    """``training``, ``sampler`` or ``external``."""
+    time: datetime.datetime
+    """Creation time, timezone-aware UTC."""
+    tinker_path: str
+    """``tinker://<run_id>/<kind>/<name>``: the handle every other function takes."""
+    size_bytes: Optional[int] = None
+    """Stored size in bytes; ``None`` if the server does not say."""
+    expires_at: Optional[datetime.datetime] = None
+    """When the service deletes it (aware UTC); ``None`` means never."""
+    public: bool = False
+    user_metadata: Optional[Dict[str, str]] = None
+
+    @property
+    def run_id(self) -> str:
+        """The training run (model id) the checkpoint belongs to."""
+        return self.tinker_path[len(SCHEME) :].split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        """The checkpoint's name within its run."""
+        return self.checkpoint_id.split("/", 1)[-1]
+
+    def to_json(self) -> Dict[str, Any]:
+        """Return a JSON-ready dict; times are RFC 3339 UTC strings."""
+        return {
+            "checkpoint_id": self.checkpoint_id,
+            "checkpoint_type": self.checkpoint_type,
+            "time": format_time(self.time),
+            "tinker_path": self.tinker_path,
+            "size_bytes": self.size_bytes,
+            "expires_at": format_time(self.expires_at),
+            "public": self.public,
+            "user_metadata": self.user_metadata,
+        }
+
+
+@attrs.frozen(kw_only=True)
+class DeleteOutcome:
+    """What happened to one path of a delete batch.
+
+    ``status`` is ``deleted``, ``would_delete`` (dry run), ``not_found`` or ``failed``. ``error`` holds
+    the exception of a failure (``not_found`` included) and is ``None`` otherwise.
+    """
+
+    path: str
+    status: str
+    error: Optional[BaseException] = attrs.field(default=None, eq=False)
+    size_bytes: Optional[int] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("deleted", "would_delete")
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "path": self.path,
+            "status": self.status,
+            "error": None if self.error is None else str(self.error),
+            "size_bytes": self.size_bytes,
+        }
+
+
+@attrs.frozen(kw_only=True)
+class DeleteReport:
+    """Outcome of :func:`~tinkex_persist.delete_checkpoints`, one entry per requested path, in request order."""
+
+    outcomes: Tuple[DeleteOutcome, ...]
+    dry_run: bool
+
+    @property
+    def ok(self) -> bool:
+        """True when every path was deleted (or, in a dry run, would be)."""
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def deleted(self) -> List[str]:
+        """Paths deleted (or that a dry run would delete)."""
+        return [o.path for o in self.outcomes if o.ok]
+
+    @property
+    def failed(self) -> List[DeleteOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"dry_run": self.dry_run, "results": [o.to_json() for o in self.outcomes]}
+
+
+@attrs.frozen(kw_only=True)
+class RetentionReport:
+    """Outcome of :func:`~tinkex_persist.keep_last`: the training checkpoints kept (newest first) and the deletes."""
+
+    run_id: str
+    kept: Tuple[CheckpointInfo, ...]
+    deletes: DeleteReport
+
+    @property
+    def dry_run(self) -> bool:
+        return self.deletes.dry_run
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "kept": [c.to_json() for c in self.kept],
+            "results": [o.to_json() for o in self.deletes.outcomes],
+        }
+
+
+@attrs.frozen(kw_only=True)
+class DownloadProgress:
+    """A progress report of :func:`~tinkex_persist.download_checkpoint`, passed to its ``progress`` callback.
+
+    ``phase`` is ``waiting`` (the archive is being built; ``waited`` seconds so far), ``downloading``,
+    ``verifying``, ``extracting`` or ``done``. ``bytes_total`` is ``None`` until the server says.
+    """
+
+    phase: str
+    bytes_done: int = 0
+    bytes_total: Optional[int] = None
+    resumed_from: int = 0
+    elapsed: float = 0.0
+    waited: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class DownloadResult:
+    """A downloaded, verified and extracted checkpoint archive."""
+
+    tinker_path: str
+    directory: str
+    """Where the archive was extracted: ``<dest_dir>/<run_id>/<kind>/<name>``."""
+    archive_bytes: int
+    """Size of the whole archive."""
+    bytes_fetched: int
+    """Bytes received by this call (less than ``archive_bytes`` after a resume)."""
+    resumed_from: int
+    """Offset the first transfer of this call started at (0 for a fresh download)."""
+    range_requests: int
+    """Transfers of this call that continued a partial file with HTTP Range (0 when nothing broke off)."""
+    sha256: str
+    """sha256 (hex) of the archive."""
+    sha256_verified: bool
+    """True when the server announced a sha256 and it matched."""
+    files: Tuple[str, ...]
+    """Relative paths of the regular files extracted."""
+    archive_path: Optional[str] = None
+    """The kept archive (``keep_archive=True``), else ``None``."""
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "tinker_path": self.tinker_path,
+            "directory": self.directory,
+            "archive_bytes": self.archive_bytes,
+            "bytes_fetched": self.bytes_fetched,
+            "resumed_from": self.resumed_from,
+            "range_requests": self.range_requests,
+            "sha256": self.sha256,
+            "sha256_verified": self.sha256_verified,
+            "files": list(self.files),
+            "archive_path": self.archive_path,
+        }

@@ -78,7 +78,7 @@ def vendor(dest: str, package: str, source: Optional[str] = None) -> str:
         ignore=lambda d, names: [n for n in names if n in _SKIP_DIRS or n.endswith(_SKIP_SUFFIXES)],
     )
     version = "unknown"
-    with open(os.path.join(source, "__init__.py"), "r", encoding="utf-8") as f:
+    with open(os.path.join(source, "_version.py"), "r", encoding="utf-8") as f:
         for line in f:
             if line.startswith("__version__"):
                 version = line.split("=", 1)[1].strip().strip("\"'")

@@ -46,13 +46,13 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.do_handshake()
-        local._track(self.connection, True)
+        local.track_connection(self.connection, True)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.local._track(self.connection, False)  # type: ignore[attr-defined]
+            self.server.local.track_connection(self.connection, False)  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:
         # A signed download path is a bearer credential: log it without its token.

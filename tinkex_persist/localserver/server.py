@@ -250,7 +250,8 @@ class LocalServer:
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
 
-    def _track(self, conn: socket.socket, add: bool) -> None:
+    def track_connection(self, conn: socket.socket, add: bool) -> None:
+        """Add (``add``) or remove an open client connection, so :meth:`stop` can close it. Internal, for the handler."""
         with self._conns_lock:
             (self._conns.add if add else self._conns.discard)(conn)
 

@@ -1,0 +1,377 @@
+"""Checkpoint management: describe, list, select, delete, keep the newest N, and set a lifetime.
+
+Every public function taking a ``ServiceClient`` validates its arguments at once (``UsageError``/
+``TypeError``, nothing sent), then runs one work item on the client's pool and returns a plain
+``concurrent.futures.Future``. The result types live in :mod:`tinkex_persist.types`.
+"""
+
+import concurrent.futures
+import datetime
+import logging
+from typing import Dict, Iterable, List, Optional, Sequence, Set
+
+from . import _ops, _paths, _wire
+from ._converter import dumps
+from ._paths import TinkerPath, parse_path
+from ._time import parse_time
+from ._transport import Transport
+from .client import Runner, ServiceClient, runner_of
+from .exceptions import CheckpointDeleteError, NotFoundError, TinkexPersistError, UsageError
+from .types import CheckpointInfo, DeleteOutcome, DeleteReport, RetentionReport, WeightsInfo
+
+logger = logging.getLogger(__name__)
+
+__all__ = (
+    "CheckpointInfo",
+    "DeleteOutcome",
+    "DeleteReport",
+    "RetentionReport",
+    "delete_checkpoints",
+    "get_weights_info",
+    "keep_last",
+    "list_checkpoints",
+    "select_checkpoints",
+    "set_checkpoint_ttl",
+)
+
+#: Checkpoints requested per page of the user-wide listing (the official SDK's default).
+LIST_PAGE_SIZE = 100
+#: Deletes in flight at once by default.
+DEFAULT_DELETE_CONCURRENCY = 4
+
+
+def _checkpoint_info(cp: _wire.Checkpoint) -> CheckpointInfo:
+    return CheckpointInfo(
+        checkpoint_id=cp.checkpoint_id,
+        checkpoint_type=cp.checkpoint_type,
+        time=parse_time(cp.time),  # type: ignore[arg-type]  # an empty time stays None, as before
+        tinker_path=cp.tinker_path,
+        size_bytes=cp.size_bytes,
+        expires_at=parse_time(cp.expires_at),
+        public=cp.public,
+        user_metadata=cp.user_metadata,
+    )
+
+
+def select_checkpoints(
+    checkpoints: Iterable[CheckpointInfo],
+    *,
+    before: Optional[datetime.datetime] = None,
+    after: Optional[datetime.datetime] = None,
+) -> List[CheckpointInfo]:
+    """Return the checkpoints created strictly before ``before`` and strictly after ``after``, in their order.
+
+    Args:
+        checkpoints: checkpoints, e.g. from :func:`list_checkpoints`.
+        before: keep only those whose ``time`` is earlier; ``None`` sets no upper bound.
+        after: keep only those whose ``time`` is later; ``None`` sets no lower bound.
+
+    Raises:
+        UsageError: a bound is not a timezone-aware datetime (immediately).
+    """
+    for what, bound in (("before", before), ("after", after)):
+        if bound is not None and (not isinstance(bound, datetime.datetime) or bound.tzinfo is None):
+            raise UsageError("%s must be a timezone-aware datetime or None, got %r" % (what, bound))
+    return [
+        c for c in checkpoints
+        if (before is None or c.time < before) and (after is None or c.time > after)
+    ]
+
+
+# --------------------------------------------------------------------------- plain operations (no threads)
+
+
+def _weights_info(transport: Transport, path: str) -> WeightsInfo:
+    resp = _ops.weights_info(transport, path)
+    return WeightsInfo(
+        base_model=resp.base_model,
+        is_lora=resp.is_lora,
+        lora_rank=resp.lora_rank,
+        train_unembed=resp.train_unembed,
+        train_mlp=resp.train_mlp,
+        train_attn=resp.train_attn,
+        optimizer=resp.optimizer_config.type if resp.optimizer_config is not None else None,
+    )
+
+
+def _list(
+    transport: Transport, run_id: Optional[str], limit: Optional[int], page_size: int = LIST_PAGE_SIZE
+) -> List[CheckpointInfo]:
+    if run_id is not None:
+        resp = _ops.call(transport, "GET", "/training_runs/%s/checkpoints" % run_id, None, _wire.CheckpointsListResponse)
+        found = [_checkpoint_info(c) for c in resp.checkpoints]
+        return found if limit is None else found[:limit]
+    found = []
+    offset = 0
+    while True:
+        page = page_size if limit is None else min(page_size, limit - len(found))
+        resp = _ops.call(
+            transport, "GET", "/checkpoints?limit=%d&offset=%d" % (page, offset), None, _wire.CheckpointsListResponse
+        )
+        found.extend(_checkpoint_info(c) for c in resp.checkpoints)
+        offset += len(resp.checkpoints)
+        if (
+            not resp.checkpoints
+            or resp.cursor is None
+            or offset >= resp.cursor.total_count
+            or (limit is not None and len(found) >= limit)
+        ):
+            return found if limit is None else found[:limit]
+
+
+def _delete_one(transport: Transport, tp: TinkerPath, size: Optional[int]) -> DeleteOutcome:
+    path = str(tp)
+    attempts: List[str] = []
+    try:
+        transport.request("DELETE", _ops.API + tp.api_path, attempts=attempts)
+    except NotFoundError as exc:
+        if attempts:
+            # An earlier attempt whose answer was lost deleted it: the 404 is this call's own work.
+            logger.debug("deleted %s (404 after %s)", path, attempts)
+            return DeleteOutcome(path=path, status="deleted", size_bytes=size)
+        return DeleteOutcome(path=path, status="not_found", error=exc, size_bytes=size)
+    except TinkexPersistError as exc:
+        return DeleteOutcome(path=path, status="failed", error=exc, size_bytes=size)
+    logger.debug("deleted %s", path)
+    return DeleteOutcome(path=path, status="deleted", size_bytes=size)
+
+
+def _delete_all(
+    runner: Runner,
+    parsed: Sequence[TinkerPath],
+    dry_run: bool,
+    concurrency: int,
+    sizes: Optional[Dict[str, Optional[int]]] = None,
+) -> DeleteReport:
+    transport = runner.transport
+    if sizes is None:
+        # One listing per run: a dry run names the paths that do not exist, and every outcome gets its size.
+        sizes = {}
+        missing: Set[str] = set()
+        for run_id in sorted({tp.run_id for tp in parsed}):
+            try:
+                listed = {c.tinker_path: c.size_bytes for c in _list(transport, run_id, None)}
+            except NotFoundError:
+                listed = {}
+            sizes.update(listed)
+            missing.update(str(tp) for tp in parsed if tp.run_id == run_id and str(tp) not in listed)
+    else:
+        missing = {str(tp) for tp in parsed if str(tp) not in sizes}
+    if dry_run:
+        outcomes = tuple(
+            DeleteOutcome(
+                path=str(tp),
+                status="not_found",
+                error=NotFoundError("checkpoint %s does not exist" % (tp,), status_code=404),
+            )
+            if str(tp) in missing
+            else DeleteOutcome(path=str(tp), status="would_delete", size_bytes=sizes.get(str(tp)))
+            for tp in parsed
+        )
+        return DeleteReport(outcomes=outcomes, dry_run=True)
+    if not parsed:
+        return DeleteReport(outcomes=(), dry_run=False)
+    # Deletes fan out on a private, short-lived pool and transport: never submit() to the service's own pool
+    # from inside its work item (deadlocks at max_workers=1), and close every connection the fan-out opened.
+    fanout = Transport(runner.config)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(concurrency, len(parsed)), thread_name_prefix="tinkex_persist-delete"
+        ) as pool:
+            outcomes = tuple(pool.map(lambda tp: _delete_one(fanout, tp, sizes.get(str(tp))), parsed))
+    finally:
+        fanout.close()
+    return DeleteReport(outcomes=outcomes, dry_run=False)
+
+
+def _raise_for_report(report: DeleteReport, what: str) -> None:
+    failed = report.failed
+    if not failed:
+        return
+    first = failed[0]
+    raise CheckpointDeleteError(
+        "%s: %d of %d checkpoint(s) not deleted; first: %s: %s"
+        % (what, len(failed), len(report.outcomes), first.path, first.error),
+        report=report,
+    )
+
+
+def _delete_batch(
+    runner: Runner, parsed: Sequence[TinkerPath], dry_run: bool, concurrency: int
+) -> DeleteReport:
+    report = _delete_all(runner, parsed, dry_run, concurrency)
+    _raise_for_report(report, "delete_checkpoints")
+    return report
+
+
+def _newest_first(checkpoints: Iterable[CheckpointInfo]) -> List[CheckpointInfo]:
+    # Ties in time (fast consecutive saves) are broken by name, so the plan is deterministic.
+    return sorted(checkpoints, key=lambda c: (c.time, c.checkpoint_id), reverse=True)
+
+
+def _keep_last(runner: Runner, run_id: str, n: int, dry_run: bool, concurrency: int) -> RetentionReport:
+    listed = _list(runner.transport, run_id, None)
+    training = _newest_first(c for c in listed if c.checkpoint_type == "training")
+    kept, doomed = training[:n], training[n:]
+    logger.debug("keep_last(%s, %d): keeping %d, deleting %d", run_id, n, len(kept), len(doomed))
+    parsed = [parse_path(c.tinker_path, training=False) for c in doomed]
+    report = _delete_all(runner, parsed, dry_run, concurrency, sizes={c.tinker_path: c.size_bytes for c in doomed})
+    _raise_for_report(report, "keep_last(%s, %d)" % (run_id, n))
+    return RetentionReport(run_id=run_id, kept=tuple(kept), deletes=report)
+
+
+def _set_ttl(transport: Transport, tp: TinkerPath, ttl_seconds: Optional[int]) -> None:
+    body = dumps(_wire.SetTtlRequest(ttl_seconds=ttl_seconds))
+    transport.request("PUT", _ops.API + tp.api_path + "/ttl", body)
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def get_weights_info(service: ServiceClient, path: str) -> "concurrent.futures.Future[WeightsInfo]":
+    """Describe a checkpoint: base model, LoRA rank, trained layers (``POST /api/v1/weights_info``).
+
+    Args:
+        service: the service client to use.
+        path: ``tinker://<run_id>/weights/<name>``.
+
+    Returns:
+        A Future of :class:`~tinkex_persist.types.WeightsInfo`.
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        NotFoundError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    parse_path(path, training=False)
+    return runner.submit(_weights_info, runner.transport, path)
+
+
+def list_checkpoints(
+    service: ServiceClient,
+    run_id: Optional[str] = None,
+    *,
+    limit: Optional[int] = None,
+    page_size: int = LIST_PAGE_SIZE,
+) -> "concurrent.futures.Future[List[CheckpointInfo]]":
+    """List the checkpoints of one training run, or all of the user's (every page is fetched).
+
+    Args:
+        service: the service client to use.
+        run_id: a training run (model) id such as ``sess-1:train:0``; ``None`` lists every run's.
+        limit: return at most this many (stops paging early); ``None`` returns all.
+        page_size: checkpoints asked for per request of the user-wide listing.
+
+    Returns:
+        A Future of a list of :class:`CheckpointInfo`, in the server's order.
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        NotFoundError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    if run_id is not None:
+        _paths.check_run_id(run_id)
+    if limit is not None:
+        _paths.check_int(limit, "limit")
+    _paths.check_int(page_size, "page_size")
+    return runner.submit(_list, runner.transport, run_id, limit, page_size)
+
+
+def delete_checkpoints(
+    service: ServiceClient,
+    paths: Iterable[str],
+    dry_run: bool = False,
+    *,
+    max_concurrency: int = DEFAULT_DELETE_CONCURRENCY,
+) -> "concurrent.futures.Future[DeleteReport]":
+    """Delete checkpoints, at most ``max_concurrency`` at a time; one failure does not stop the others.
+
+    A dry run lists each run once and reports, per path, ``would_delete`` or ``not_found``; it deletes nothing.
+
+    Args:
+        service: the service client to use.
+        paths: ``tinker://<run_id>/<kind>/<name>`` paths (training or sampler checkpoints). Duplicates are removed.
+        dry_run: only report what would be deleted.
+        max_concurrency: deletes in flight at once.
+
+    Returns:
+        A Future of :class:`DeleteReport` when every path was deleted (or would be).
+
+    Raises:
+        UsageError, TypeError: a bad path or argument (immediately; nothing is sent).
+        CheckpointDeleteError: some paths were not deleted, missing ones included; its ``report`` has every
+            outcome, the successes too (set on the Future).
+        APIStatusError, APIConnectionError: the dry run's listing failed (set on the Future).
+    """
+    runner = runner_of(service)
+    if isinstance(paths, str):
+        raise TypeError("paths must be an iterable of tinker:// paths, not a single str")
+    parsed: List[TinkerPath] = []
+    for p in paths:
+        tp = parse_path(p, training=False)
+        if tp not in parsed:
+            parsed.append(tp)
+    if not isinstance(dry_run, bool):
+        raise UsageError("dry_run must be a bool, got %r" % (dry_run,))
+    _paths.check_int(max_concurrency, "max_concurrency")
+    return runner.submit(_delete_batch, runner, parsed, dry_run, max_concurrency)
+
+
+def keep_last(
+    service: ServiceClient,
+    run_id: str,
+    n: int,
+    dry_run: bool = False,
+    *,
+    max_concurrency: int = DEFAULT_DELETE_CONCURRENCY,
+) -> "concurrent.futures.Future[RetentionReport]":
+    """Delete all but the newest ``n`` training checkpoints of a run. Sampler checkpoints are left alone.
+
+    ``n`` is at least 1, so a run's only training checkpoint is never deleted.
+
+    Args:
+        service: the service client to use.
+        run_id: the training run (model) id.
+        n: how many of the newest training checkpoints to keep (>= 1).
+        dry_run: only report what would be deleted.
+        max_concurrency: deletes in flight at once.
+
+    Returns:
+        A Future of :class:`RetentionReport` (kept checkpoints, newest first, and each delete's outcome).
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        CheckpointDeleteError: some deletes failed; ``report`` has every outcome (set on the Future).
+        NotFoundError, APIStatusError, APIConnectionError, DecodeError: the listing failed (set on the Future).
+    """
+    runner = runner_of(service)
+    _paths.check_run_id(run_id)
+    _paths.check_int(n, "n")
+    if not isinstance(dry_run, bool):
+        raise UsageError("dry_run must be a bool, got %r" % (dry_run,))
+    _paths.check_int(max_concurrency, "max_concurrency")
+    return runner.submit(_keep_last, runner, run_id, n, dry_run, max_concurrency)
+
+
+def set_checkpoint_ttl(
+    service: ServiceClient, path: str, ttl_seconds: Optional[int]
+) -> "concurrent.futures.Future[None]":
+    """Set a checkpoint's lifetime from now, or remove its expiry with ``None``.
+
+    Args:
+        service: the service client to use.
+        path: ``tinker://<run_id>/<kind>/<name>``.
+        ttl_seconds: seconds from now, 3600 (1 hour) to 10 years; ``None`` keeps it until deleted.
+
+    Returns:
+        A Future of ``None``.
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        NotFoundError, BadRequestError, APIStatusError, APIConnectionError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    tp = parse_path(path, training=False)
+    _paths.check_ttl(ttl_seconds)
+    return runner.submit(_set_ttl, runner.transport, tp, ttl_seconds)

@@ -1,0 +1,455 @@
+"""Download of a checkpoint archive: wait for the archive URL, resumable ranged transfer, verification.
+
+The archive is extracted with :func:`tinkex_persist._archive.safe_extract`, which refuses unsafe members.
+"""
+
+import concurrent.futures
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence, Tuple
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from . import _ops, _paths
+from ._archive import safe_extract
+from ._paths import TinkerPath, parse_path
+from ._transport import USER_AGENT, Deadline, Transport, parse_retry_after, status_error
+from .client import ServiceClient, runner_of
+from .config import is_loopback_host
+from .exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    ArchiveChecksumError,
+    DownloadError,
+    TinkexPersistError,
+    UsageError,
+)
+from .types import DownloadProgress, DownloadResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ("DownloadProgress", "DownloadResult", "download_checkpoint")
+
+#: Longest time in seconds ``download_checkpoint`` waits for the server to build an archive (503 answers).
+DEFAULT_ARCHIVE_WAIT = 600.0
+#: Longest single wait between two archive-readiness checks, in seconds.
+ARCHIVE_POLL_MAX = 30.0
+#: Times a download that broke off is resumed with a Range request inside one call.
+DEFAULT_DOWNLOAD_RESUMES = 3
+#: Bytes read from the network per chunk.
+CHUNK_SIZE = 64 * 1024
+#: Header carrying the archive's sha256 (hex) on the signed URL's answer.
+SHA256_HEADERS = ("X-Checkpoint-Sha256", "X-Archive-Sha256", "X-Content-Sha256", "X-Checksum-Sha256")
+#: Header carrying the archive's size in bytes, when the server sends it.
+SIZE_HEADERS = ("X-Checkpoint-Size", "X-Archive-Size")
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_NOT_READY = (429, 502, 503, 504)
+_SIGNED_URL_EXPIRED = (401, 403, 404, 410)
+
+
+ProgressCallback = Callable[[DownloadProgress], None]
+
+
+def _safe_url(url: str) -> str:
+    """The URL's origin only: a signed URL carries its credential in the path or the query."""
+    parts = urlsplit(url)
+    return "%s://%s/<signed>" % (parts.scheme, parts.hostname if parts.port is None else "%s:%d" % (parts.hostname, parts.port))
+
+
+def _archive_url(
+    transport: Transport, tp: TinkerPath, wait: float, progress: Optional[ProgressCallback]
+) -> str:
+    """Ask the API for the archive and return the signed URL it redirects to, waiting while it is built."""
+    cfg = transport.config
+    api_path = _ops.API + tp.api_path + "/archive"
+    start = time.monotonic()
+    deadline = Deadline(wait)
+    attempt = 0
+    while True:
+        try:
+            resp, _ = transport.send_once("GET", api_path)
+        except APIConnectionError as exc:
+            failure: TinkexPersistError = exc
+            retry_after = None
+        else:
+            if resp.status in _REDIRECTS:
+                location = resp.headers.get("Location")
+                if not location:
+                    raise APIConnectionError(
+                        "GET %s -> %d without a Location header" % (api_path, resp.status), method="GET", url=api_path
+                    )
+                url = urljoin(cfg.base_url + api_path, location)
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise DownloadError("GET %s redirected to a non-HTTP URL %s" % (api_path, _safe_url(url)))
+                return url
+            if resp.status == 200:
+                data = resp.json()
+                if isinstance(data, dict) and isinstance(data.get("url"), str):
+                    return urljoin(cfg.base_url + api_path, data["url"])
+                raise APIConnectionError(
+                    "GET %s -> 200 without a redirect or a url" % api_path, method="GET", url=api_path
+                )
+            failure = status_error(resp)
+            if resp.status not in _NOT_READY:
+                raise failure
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        delay = retry_after
+        if delay is None:
+            delay = min(cfg.backoff_max, cfg.backoff_factor * (2 ** attempt))
+        delay = min(delay, ARCHIVE_POLL_MAX)
+        waited = time.monotonic() - start
+        if delay > deadline.remaining():
+            raise APITimeoutError(
+                "archive of %s not ready after %.0f s (%d checks; last: %s)" % (tp, waited, attempt + 1, failure),
+                method="GET",
+                url=api_path,
+            ) from failure
+        logger.debug("archive of %s not ready (%s); checking again in %.2fs", tp, failure, delay)
+        if progress is not None:
+            progress(DownloadProgress(phase="waiting", elapsed=waited, waited=waited))
+        time.sleep(delay)
+        attempt += 1
+
+
+def _header(headers: Any, names: Sequence[str]) -> Optional[str]:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value.strip()
+    return None
+
+
+def _announced_sha256(headers: Any) -> Optional[str]:
+    value = _header(headers, SHA256_HEADERS)
+    if value:
+        value = value.lower()
+        if value.startswith("sha256="):  # e.g. "sha256=<hex>"
+            value = value[len("sha256=") :]
+        if re.fullmatch(r"[0-9a-f]{64}", value):
+            return value
+        logger.debug("ignoring malformed sha256 header")
+        return None
+    digest = headers.get("Repr-Digest") or headers.get("Digest")
+    if digest:  # RFC 9530 "sha-256=:<base64>:" or RFC 3230 "SHA-256=<base64>"
+        m = re.search(r"sha-256=:?([A-Za-z0-9+/=]+):?", digest, re.IGNORECASE)
+        if m:
+            import base64
+            import binascii
+
+            try:
+                return base64.b64decode(m.group(1)).hex()
+            except (binascii.Error, ValueError):
+                return None
+    return None
+
+
+def _total_size(resp: requests.Response, offset: int) -> Optional[int]:
+    if resp.status_code == 206:
+        m = re.match(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
+        if not m or int(m.group(1)) != offset:
+            raise DownloadError("server answered a Range request from byte %d with Content-Range %r"
+                                % (offset, resp.headers.get("Content-Range")))
+        if m.group(3) != "*":
+            return int(m.group(3))
+    announced = _header(resp.headers, SIZE_HEADERS)
+    if announced and announced.isdigit():
+        return int(announced)
+    length = resp.headers.get("Content-Length")
+    if resp.status_code == 200 and length and length.isdigit():
+        return int(length)
+    return None
+
+
+def _file_sha256(path: str, h: Optional[Any] = None) -> Any:
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+class _Fetch:
+    """State of one download call: the partial file, what the server announced, what was fetched."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.total: Optional[int] = None
+        self.sha256: Optional[str] = None
+        self.fetched = 0
+        self.resumed_from: Optional[int] = None
+        self.ranged = 0
+
+
+def _fetch_once(
+    session: requests.Session,
+    url: str,
+    state: _Fetch,
+    timeout: Tuple[float, float],
+    progress: Optional[ProgressCallback],
+    started: float,
+) -> int:
+    """One GET of the signed URL, appending to the partial file; return its HTTP status."""
+    offset = os.path.getsize(state.part) if os.path.exists(state.part) else 0
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = "bytes=%d-" % offset
+    logger.debug("GET %s (from byte %d)", _safe_url(url), offset)
+    with session.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=True) as resp:
+        logger.debug("GET %s -> %d", _safe_url(url), resp.status_code)
+        if resp.status_code == 416 and offset:
+            # Nothing left to send: the partial file already holds the whole archive (verified below).
+            m = re.match(r"\s*bytes\s+\*/(\d+)", resp.headers.get("Content-Range", ""))
+            if m:
+                state.total = int(m.group(1))
+            state.sha256 = state.sha256 or _announced_sha256(resp.headers)
+            if state.resumed_from is None:
+                state.resumed_from = offset
+            return 416
+        if resp.status_code not in (200, 206):
+            return resp.status_code
+        if resp.status_code == 200 and offset:
+            logger.debug("server ignored the Range request; restarting %s from byte 0", state.part)
+            offset = 0
+        if resp.status_code == 206:
+            state.ranged += 1
+        total = _total_size(resp, offset)
+        sha = _announced_sha256(resp.headers)
+        if state.total is not None and total is not None and total != state.total:
+            raise DownloadError("archive size changed during the download (%d, then %d bytes)" % (state.total, total),
+                                partial_path=state.part)
+        state.total = total if total is not None else state.total
+        state.sha256 = sha or state.sha256
+        if state.resumed_from is None:
+            state.resumed_from = offset
+        done = offset
+        last_report = 0.0
+        with open(state.part, "r+b" if offset else "wb") as f:
+            f.seek(offset)
+            f.truncate()
+            for chunk in resp.iter_content(CHUNK_SIZE):
+                f.write(chunk)
+                done += len(chunk)
+                state.fetched += len(chunk)
+                now = time.monotonic()
+                if progress is not None and now - last_report >= 0.1:
+                    last_report = now
+                    progress(DownloadProgress(phase="downloading", bytes_done=done, bytes_total=state.total,
+                                              resumed_from=state.resumed_from, elapsed=now - started))
+        return resp.status_code
+
+
+def _download_archive(
+    transport: Transport,
+    tp: TinkerPath,
+    part: str,
+    wait: float,
+    resumes: int,
+    progress: Optional[ProgressCallback],
+) -> _Fetch:
+    cfg = transport.config
+    started = time.monotonic()
+    url = _archive_url(transport, tp, wait, progress)
+    state = _Fetch(part)
+    # A bare session: the signed URL carries its own authorization and must never see the API key.
+    session = requests.Session()
+    session.headers.clear()
+    session.headers.update({"User-Agent": USER_AGENT, "Accept": "*/*"})
+    session.trust_env = not is_loopback_host(urlsplit(url).hostname)
+    session.verify = cfg.verify
+    failures = 0
+    refreshed = False
+    try:
+        while True:
+            try:
+                status = _fetch_once(session, url, state, cfg.timeout, progress, started)
+            except (requests.RequestException, ConnectionError) as exc:
+                failures += 1
+                have = os.path.getsize(part) if os.path.exists(part) else 0
+                if failures > resumes:
+                    raise DownloadError(
+                        "download of %s broke off at byte %d of %s (%s); %d resume(s) tried; call again to resume"
+                        % (tp, have, state.total if state.total is not None else "?", type(exc).__name__, resumes),
+                        partial_path=part,
+                    ) from exc
+                logger.debug("download of %s broke off at byte %d (%s); resuming", tp, have, type(exc).__name__)
+                continue
+            if status in _SIGNED_URL_EXPIRED and not refreshed:
+                # Signed URLs expire; ask the API for a fresh one once.
+                refreshed = True
+                url = _archive_url(transport, tp, wait, progress)
+                continue
+            if status not in (200, 206, 416):
+                raise DownloadError("GET %s -> %d: archive of %s not downloaded" % (_safe_url(url), status, tp),
+                                    partial_path=part if os.path.exists(part) else None)
+            have = os.path.getsize(part)
+            if state.total is None or have >= state.total:
+                return state
+            failures += 1
+            if failures > resumes:
+                raise DownloadError(
+                    "download of %s stopped at byte %d of %d; call again to resume" % (tp, have, state.total),
+                    partial_path=part,
+                )
+    finally:
+        session.close()
+
+
+
+def _download(
+    transport: Transport,
+    tp: TinkerPath,
+    dest_dir: str,
+    overwrite: bool,
+    keep_archive: bool,
+    wait: float,
+    resumes: int,
+    progress: Optional[ProgressCallback],
+) -> DownloadResult:
+    target = os.path.join(dest_dir, tp.run_id, tp.kind, tp.name)
+    if os.path.lexists(target) and not overwrite:
+        raise FileExistsError("%s already exists; pass overwrite=True (--overwrite) to replace it" % target)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    part = target + ".tar.part"
+    started = time.monotonic()
+    if os.path.exists(part):
+        logger.debug("resuming %s from %d bytes in %s", tp, os.path.getsize(part), part)
+    for attempt in (1, 2):
+        state = _download_archive(transport, tp, part, wait, resumes, progress)
+        size = os.path.getsize(part)
+        if progress is not None:
+            progress(DownloadProgress(phase="verifying", bytes_done=size, bytes_total=state.total,
+                                      resumed_from=state.resumed_from or 0, elapsed=time.monotonic() - started))
+        digest = _file_sha256(part).hexdigest()
+        problem = None
+        if state.total is not None and size != state.total:
+            problem = "is %d bytes, the server announced %d" % (size, state.total)
+        elif state.sha256 is not None and digest != state.sha256:
+            problem = "has sha256 %s, the server announced %s" % (digest, state.sha256)
+        if problem is None:
+            break
+        if not state.fetched and attempt == 1:
+            # A partial file kept from an earlier call was already whole and is bad: resuming cannot
+            # repair it, so fetch the archive again from byte 0.
+            logger.debug("kept partial file %s %s; fetching the archive again", part, problem)
+            os.remove(part)
+            continue
+        raise ArchiveChecksumError(
+            "archive of %s failed verification: it %s; nothing extracted; the partial file is kept at %s "
+            "and the next call resumes or refetches it" % (tp, problem, part),
+            partial_path=part,
+        )
+    if progress is not None:
+        progress(DownloadProgress(phase="extracting", bytes_done=size, bytes_total=size,
+                                  resumed_from=state.resumed_from or 0, elapsed=time.monotonic() - started))
+    staging = tempfile.mkdtemp(prefix=".%s." % tp.name, suffix=".extract", dir=parent)
+    os.rmdir(staging)  # safe_extract creates it, so a leftover can never be mistaken for a finished one
+    try:
+        files = safe_extract(part, staging)
+        if os.path.lexists(target):
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            else:
+                os.remove(target)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    archive_path = None
+    if keep_archive:
+        archive_path = target + ".tar"
+        os.replace(part, archive_path)
+    else:
+        os.remove(part)
+    result = DownloadResult(
+        tinker_path=str(tp),
+        directory=target,
+        archive_bytes=size,
+        bytes_fetched=state.fetched,
+        resumed_from=state.resumed_from or 0,
+        range_requests=state.ranged,
+        sha256=digest,
+        sha256_verified=state.sha256 is not None,
+        files=files,
+        archive_path=archive_path,
+    )
+    if progress is not None:
+        progress(DownloadProgress(phase="done", bytes_done=size, bytes_total=size,
+                                  resumed_from=result.resumed_from, elapsed=time.monotonic() - started))
+    return result
+
+
+def download_checkpoint(
+    service: ServiceClient,
+    path: str,
+    dest_dir: str,
+    *,
+    overwrite: bool = False,
+    keep_archive: bool = False,
+    wait_timeout: float = DEFAULT_ARCHIVE_WAIT,
+    max_resumes: int = DEFAULT_DOWNLOAD_RESUMES,
+    progress: Optional[ProgressCallback] = None,
+) -> "concurrent.futures.Future[DownloadResult]":
+    """Download a checkpoint's archive, verify it and extract it into ``<dest_dir>/<run_id>/<kind>/<name>``.
+
+    The API answers ``GET .../checkpoints/<kind>/<name>/archive`` with a redirect to a signed URL; that URL
+    is fetched with a bare request that never carries the API key. While the archive is being built the
+    API answers 503: the call waits (``Retry-After``, else back-off) up to ``wait_timeout`` seconds,
+    reporting ``waiting`` progress. A transfer that breaks off is resumed with HTTP Range, up to
+    ``max_resumes`` times in this call; after that the partial file (``<target>.tar.part``) stays and the
+    next call resumes from it. The size and, when the server sends one, the sha256 are checked before
+    anything is extracted; extraction refuses absolute paths, ``..``, links and special files.
+
+    Args:
+        service: the service client to use.
+        path: ``tinker://<run_id>/<kind>/<name>``.
+        dest_dir: directory under which the checkpoint is extracted (created if needed).
+        overwrite: replace an existing extracted checkpoint; otherwise its presence is an error.
+        keep_archive: keep the verified archive as ``<target>.tar`` next to the directory.
+        wait_timeout: longest wait in seconds for the archive to be built.
+        max_resumes: Range resumes tried in this call after the transfer breaks off.
+        progress: called with :class:`DownloadProgress` from the worker thread; an exception it raises
+            aborts the download.
+
+    Returns:
+        A Future of :class:`DownloadResult`.
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        FileExistsError: the target exists and ``overwrite`` is False (set on the Future).
+        ArchiveChecksumError: size or sha256 mismatch; nothing extracted (set on the Future).
+        UnsafeArchiveError: the archive holds an unsafe member; nothing extracted (set on the Future).
+        DownloadError: the transfer failed; ``partial_path`` is kept for a resume (set on the Future).
+        APITimeoutError: the archive was not ready within ``wait_timeout`` (set on the Future).
+        NotFoundError, APIStatusError, APIConnectionError: other failures (set on the Future).
+    """
+    runner = runner_of(service)
+    tp = parse_path(path, training=False)
+    if not isinstance(dest_dir, (str, os.PathLike)) or not os.fspath(dest_dir):
+        raise UsageError("dest_dir must be a non-empty path, got %r" % (dest_dir,))
+    for flag, value in (("overwrite", overwrite), ("keep_archive", keep_archive)):
+        if not isinstance(value, bool):
+            raise UsageError("%s must be a bool, got %r" % (flag, value))
+    if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)) or wait_timeout < 0:
+        raise UsageError("wait_timeout must be a number of seconds >= 0, got %r" % (wait_timeout,))
+    _paths.check_int(max_resumes, "max_resumes", minimum=0)
+    if progress is not None and not callable(progress):
+        raise TypeError("progress must be callable or None")
+    return runner.submit(
+        _download,
+        runner.transport,
+        tp,
+        os.fspath(dest_dir),
+        overwrite,
+        keep_archive,
+        float(wait_timeout),
+        max_resumes,
+        progress,
+    )
