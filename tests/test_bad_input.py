@@ -100,6 +100,13 @@ class TestPaths:
             lambda svc, tc, p: tp.create_training_client_from_state_with_optimizer(svc, p)
         ),
         "get_weights_info": lambda svc, tc, p: tp.get_weights_info(svc, p),
+        # The client methods the flat functions delegate to validate the same way.
+        "TrainingClient.load_state": lambda svc, tc, p: tc.load_state(p),
+        "TrainingClient.load_state_with_optimizer": lambda svc, tc, p: tc.load_state_with_optimizer(p),
+        "ServiceClient.create_training_client_from_state": lambda svc, tc, p: svc.create_training_client_from_state(p),
+        "ServiceClient.create_training_client_from_state_with_optimizer": (
+            lambda svc, tc, p: svc.create_training_client_from_state_with_optimizer(p)
+        ),
     }
 
     # get_weights_info also describes sampler checkpoints.

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import tinkex_persist as tp
-from tinkex_persist import _time, manage
+from tinkex_persist import _time, checkpoints, manage
 
 DELETE_PATTERN = "/api/v1/training_runs/*/checkpoints/weights/*"
 
@@ -124,6 +124,65 @@ class TestParseTime:
         """Text that is not a time raises ValueError."""
         with pytest.raises(ValueError):
             _time.parse_time("yesterday")
+
+    def test_empty_time_is_none_and_format_round_trips(self):
+        """An absent time parses to None; format_time writes RFC 3339 UTC that parses back to the same instant."""
+        when = datetime.datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)
+        assert (None, None, "2025-01-02T03:04:05.000006Z", when) == (
+            _time.parse_time(""), _time.format_time(None), _time.format_time(when),
+            _time.parse_time(_time.format_time(when)),
+        )
+
+    def test_user_date_and_seconds(self):
+        """A user's date parses to aware UTC; a bad date or duration raises ValueError naming the accepted form."""
+        assert (datetime.datetime(2025, 1, 2, tzinfo=datetime.timezone.utc), 3600) == (
+            _time.parse_date("2025-01-02"), _time.parse_seconds("3600"))
+        with pytest.raises(ValueError, match="YYYY-MM-DD"):
+            _time.parse_date("last tuesday")
+        with pytest.raises(ValueError, match="whole number of seconds"):
+            _time.parse_seconds("1h")
+
+
+def _info(name, day):
+    return tp.CheckpointInfo(
+        checkpoint_id="weights/" + name,
+        checkpoint_type="training",
+        time=datetime.datetime(2025, 1, day, tzinfo=datetime.timezone.utc),
+        tinker_path="tinker://run:train:0/weights/" + name,
+    )
+
+
+class TestSelectCheckpoints:
+    """Tests for `checkpoints.select_checkpoints`, the time selection behind ``delete --run --before/--after``."""
+
+    LISTED = [_info("c", 3), _info("a", 1), _info("b", 2)]
+
+    @pytest.mark.parametrize(
+        "before_day, after_day, expected",
+        [(None, None, ["c", "a", "b"]), (3, None, ["a", "b"]), (None, 1, ["c", "b"]), (3, 1, ["b"]), (1, 3, [])],
+        ids=["no-bounds", "before", "after", "between", "empty-window"],
+    )
+    def test_bounds_are_strict_and_order_is_kept(self, before_day, after_day, expected):
+        """Only checkpoints strictly before ``before`` and strictly after ``after`` are kept, in the given order."""
+        day = lambda d: None if d is None else datetime.datetime(2025, 1, d, tzinfo=datetime.timezone.utc)  # noqa: E731
+        chosen = checkpoints.select_checkpoints(self.LISTED, before=day(before_day), after=day(after_day))
+        assert expected == _names(chosen)
+
+    @pytest.mark.parametrize("bound", [datetime.datetime(2025, 1, 2), "2025-01-02"], ids=["naive", "str"])
+    def test_bound_must_be_an_aware_datetime(self, bound):
+        """A naive datetime or a string as a bound raises UsageError (a naive time cannot be compared with UTC)."""
+        with pytest.raises(tp.UsageError, match="timezone-aware"):
+            checkpoints.select_checkpoints(self.LISTED, before=bound)
+
+    def test_selects_from_a_real_listing(self, mgmt_service, seed_run):
+        """Applied to a run's listing, a bound after every creation time selects them all, one before selects none."""
+        run_id, _ = seed_run(["x", "y"])
+        listed = manage.list_checkpoints(mgmt_service, run_id).result()
+        later = max(c.time for c in listed) + datetime.timedelta(seconds=1)
+        assert (sorted(_names(listed)), []) == (
+            sorted(_names(checkpoints.select_checkpoints(listed, before=later))),
+            checkpoints.select_checkpoints(listed, after=later),
+        )
 
 
 class TestDeleteCheckpoints:
