@@ -32,6 +32,8 @@ from .types import LoadStateResult, SaveStateResult
 
 logger = logging.getLogger(__name__)
 
+__all__ = ("ServiceClient", "TrainingClient")
+
 T = TypeVar("T")
 
 
