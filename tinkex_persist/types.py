@@ -215,3 +215,21 @@ class DownloadResult:
             "files": list(self.files),
             "archive_path": self.archive_path,
         }
+
+
+# --------------------------------------------------------------------------- training data types
+# Defined in training_types.py (SDK 0.38 names and defaults); re-exported so that
+# ``tinkex_persist.types`` offers them the way ``tinker.types`` does.
+from .training_types import (  # noqa: E402,F401
+    AdamParams,
+    Datum,
+    EncodedTextChunk,
+    ForwardBackwardOutput,
+    ImageChunk,
+    LossFnOutput,
+    ModelInput,
+    ModelInputChunk,
+    OptimStepResponse,
+    TensorData,
+)
+# --------------------------------------------------------------------------- end of training data types
