@@ -12,6 +12,7 @@ splits a batch into requests the way the SDK does.
 import array
 import math
 import struct
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import attrs
@@ -24,8 +25,6 @@ from .training_types import (
     ImageChunk,
     ModelInput,
     TensorData,
-    _from_le_bytes,
-    _le_bytes,
 )
 
 __all__ = (
@@ -535,6 +534,25 @@ def decode(message: str, data: bytes, *, strict: bool) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- typed layer: requests
 
+_LITTLE = sys.byteorder == "little"
+
+
+def _le_bytes(values: "array.array[Any]") -> bytes:
+    if _LITTLE:
+        return values.tobytes()
+    swapped = array.array(values.typecode, values)  # pragma: no cover - big-endian hosts only
+    swapped.byteswap()  # pragma: no cover
+    return swapped.tobytes()  # pragma: no cover
+
+
+def _from_le_bytes(typecode: str, raw: bytes) -> "array.array[Any]":
+    values = array.array(typecode)
+    values.frombytes(raw)
+    if not _LITTLE:  # pragma: no cover - big-endian hosts only
+        values.byteswap()
+    return values
+
+
 _DTYPE_TO_ENUM = {"float32": DTYPE_FLOAT32, "int64": DTYPE_INT64}
 
 
@@ -545,12 +563,12 @@ def _tensor_message(td: TensorData) -> Dict[str, Any]:
     if td.sparse_crow_indices is not None:
         assert td.sparse_col_indices is not None
         msg["sparse_csr"] = {
-            "values": td._wire_bytes(),
+            "values": td.tobytes(),
             "crow_indices": _le_bytes(array.array("q", td.sparse_crow_indices)),
             "col_indices": _le_bytes(array.array("q", td.sparse_col_indices)),
         }
     else:
-        msg["dense"] = td._wire_bytes()
+        msg["dense"] = td.tobytes()
     return msg
 
 
@@ -758,7 +776,7 @@ def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
             offsets = [0]
             parts = []
             for datum in run:
-                raw = datum[name]._wire_bytes()
+                raw = datum[name].tobytes()
                 parts.append(raw)
                 offsets.append(offsets[-1] + len(raw))
             bt: Dict[str, Any] = {

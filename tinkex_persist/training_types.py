@@ -282,8 +282,8 @@ class TensorData:
         numpy = importlib.import_module("numpy")  # optional: imported on use only, never at module level
         return numpy.asarray(self.tolist(pad_value), dtype=numpy.int64 if self.dtype == "int64" else numpy.float32)
 
-    def _wire_bytes(self) -> bytes:
-        """The values as little-endian bytes of the dtype (the protobuf ``dense`` payload)."""
+    def tobytes(self) -> bytes:
+        """Return the values as little-endian bytes of the dtype (8 per int64, 4 per float32), as sent on the wire."""
         return _le_bytes(self._values)
 
     @property
@@ -302,14 +302,6 @@ def _le_bytes(values: "array.array[Any]") -> bytes:
     swapped = array.array(values.typecode, values)  # pragma: no cover - big-endian hosts only
     swapped.byteswap()  # pragma: no cover
     return swapped.tobytes()  # pragma: no cover
-
-
-def _from_le_bytes(typecode: str, raw: bytes) -> "array.array[Any]":
-    values = array.array(typecode)
-    values.frombytes(raw)
-    if not _LITTLE:  # pragma: no cover - big-endian hosts only
-        values.byteswap()
-    return values
 
 
 # --------------------------------------------------------------------------- model input
