@@ -38,6 +38,16 @@ class TestImport:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(None, 2)
         assert ["0", "True", "['NullHandler']"] == [o.strip() for o in out]
 
+    def test_management_modules_load_on_first_use(self):
+        """``import tinkex_persist`` loads neither the checkpoint nor the download module; each loads on first use, tarfile only with download."""
+        code = (
+            "import sys, tinkex_persist as tp; heavy = ['tinkex_persist.checkpoints', 'tinkex_persist.download', 'tarfile'];"
+            "loaded = lambda: ''.join('1' if m in sys.modules else '0' for m in heavy); steps = [loaded()];"
+            "tp.list_checkpoints; steps.append(loaded()); tp.download_checkpoint; steps.append(loaded()); print(*steps)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        assert "000 100 111" == out
+
     def test_runtime_imports_are_relative_or_allowed(self):
         """Package modules import only the stdlib, requests, attrs, cattrs and themselves (relatively), so a vendored copy works."""
         allowed = {"requests", "attrs", "cattrs", "typing_extensions"}
