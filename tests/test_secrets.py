@@ -158,3 +158,78 @@ class TestCommandLine:
             out, err = capsys.readouterr()
             assert "401" in out + err
             _assert_clean([out, err])
+
+
+class TestKeyWhitespace:
+    """Tests for an API key read with surrounding whitespace (a trailing newline from a file or a mounted secret)."""
+
+    @pytest.mark.parametrize("raw", [KEY + "\n", "  %s\r\n" % KEY, "\t%s " % KEY])
+    def test_surrounding_whitespace_is_stripped(self, raw):
+        """``Config`` and ``Config.from_env`` keep the key without its surrounding whitespace."""
+        assert (KEY, KEY) == (tp.Config(api_key=raw).api_key, tp.Config.from_env({"TINKER_API_KEY": raw}).api_key)
+
+    def test_operations_work_with_a_trailing_newline(self, keyed_server):
+        """A client given the key with its trailing newline authenticates and saves."""
+        with tp.ServiceClient(base_url=keyed_server.url, api_key=KEY + "\n", heartbeat_interval=None) as svc:
+            tc = svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=10)
+            result = tp.save_state(tc, "nl").result(timeout=10)
+        assert "tinker://%s/weights/nl" % tc.model_id == result.path
+
+    @pytest.mark.parametrize("bad", [KEY[:8] + "\n" + KEY[8:], KEY[:8] + " " + KEY[8:], KEY + "\u2013"])
+    def test_inner_whitespace_or_non_ascii_is_config_error_without_the_key(self, bad):
+        """A key that cannot travel in a header is a ConfigError naming the position, never the key."""
+        with pytest.raises(tp.ConfigError) as info:
+            tp.ServiceClient(base_url="http://127.0.0.1:9", api_key=bad)
+        texts = _texts(info.value)
+        assert [] == [t for t in texts if bad in t or KEY[8:] in t or KEY[:8] in t]
+        assert "position" in str(info.value)
+
+    def test_cli_with_a_newline_in_the_key_prints_no_key(self, keyed_server, monkeypatch, capsys):
+        """The CLI given a key with a newline inside fails with a usage error and prints nothing of the key."""
+        bad = KEY[:8] + "\n" + KEY[8:]
+        monkeypatch.setenv("TINKER_API_KEY", bad)
+        code = cli.main(["--base-url", keyed_server.url, "list"])
+        out, err = capsys.readouterr()
+        assert (True, [], []) == (code != 0, [p for p in (KEY[:8], KEY[8:]) if p in out + err],
+                                  [line for line in err.splitlines() if "Traceback" in line])
+
+    def test_cli_with_a_trailing_newline_works(self, keyed_server, monkeypatch, capsys):
+        """The CLI given the key with a trailing newline in the environment lists, exit code 0."""
+        monkeypatch.setenv("TINKER_API_KEY", KEY + "\n")
+        code = cli.main(["--base-url", keyed_server.url, "list"])
+        out, err = capsys.readouterr()
+        assert 0 == code
+        _assert_clean([out, err])
+
+
+class TestRedactionKeepsData:
+    """Tests that redaction applies to messages only: a short key that also occurs in data leaves the data intact."""
+
+    @pytest.mark.parametrize("key", ["k", "test", "train", "0"])
+    def test_ids_paths_and_listings_are_unaltered(self, tmp_path, key):
+        """With a key such as "train" (which every model id contains), model ids, checkpoint paths, listings,
+        weights_info and a resume come back exactly as the server sent them."""
+        with LocalServer(tmp_path / "srv", api_key=key) as server:
+            with tp.ServiceClient(base_url=server.url, api_key=key, heartbeat_interval=None) as svc:
+                tc = svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=10)
+                names = ["test", "k-train", "0-" + key]
+                paths = [tp.save_state(tc, n).result(timeout=10).path for n in names]
+                listed = tp.list_checkpoints(svc, tc.model_id).result(timeout=10)
+                info = tp.get_weights_info(svc, paths[0]).result(timeout=10)
+                resumed = tp.create_training_client_from_state(svc, paths[0]).result(timeout=10)
+            runs = server.service.list_run(tc.model_id)
+        assert ["tinker://%s/weights/%s" % (tc.model_id, n) for n in names] == paths
+        assert sorted(paths) == sorted(c.tinker_path for c in listed)
+        assert sorted(paths) == sorted(c["tinker_path"] for c in runs["checkpoints"])
+        assert "<redacted>" not in repr((tc.model_id, resumed.model_id, paths, listed, info))
+
+    def test_an_echoed_short_key_is_redacted_in_the_message_only(self, tmp_path):
+        """A server error echoing the key shows <redacted> in the message; a later success keeps its data."""
+        with LocalServer(tmp_path / "srv", api_key="train") as server, FaultProxy(server.url) as proxy:
+            with tp.ServiceClient(base_url=proxy.url, api_key="train", max_retries=0, heartbeat_interval=None) as svc:
+                proxy.add("status", "/api/v1/create_session", status=403, body=b'{"detail": "key train is blocked"}')
+                with pytest.raises(tp.PermissionDeniedError) as info:
+                    svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=10)
+                tc = svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=10)
+        assert "key <redacted> is blocked" in str(info.value) and "train" not in info.value.body
+        assert ":train:" in tc.model_id or "train" in tc.model_id

@@ -6,7 +6,8 @@ from typing import Any, Callable, List, Optional, Type, TypeVar
 
 from . import _wire
 from ._converter import decode, dumps
-from ._transport import Deadline, Transport
+from ._retry import Deadline, Retry
+from ._transport import Transport
 from .exceptions import APITimeoutError, DecodeError, PromiseExpiredError, RequestFailedError
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,22 @@ def poll(
     cfg = transport.config
     deadline = Deadline(cfg.poll_timeout)
     timeout = (cfg.timeout[0], cfg.poll_read_timeout)
+    # Waits between polls answered ``try_again`` at once: short, growing, capped, never past the deadline.
+    fresh = Retry(
+        total=None,
+        backoff_factor=POLL_FIRST_WAIT,
+        backoff_base=POLL_GROWTH,
+        backoff_max=POLL_MAX_WAIT,
+        jitter=False,
+        respect_retry_after_header=False,
+        deadline=deadline,
+        max_history=1,
+    )
+    waits = fresh
     allow_metadata_only = True
-    wait = POLL_FIRST_WAIT
     queue_state: Optional[str] = None
     iteration = 0
+    path = API + "/retrieve_future"
     while True:
         body = dumps(_wire.RetrieveFutureRequest(request_id=request_id, allow_metadata_only=allow_metadata_only))
         headers = {"X-Tinker-Request-Iteration": str(iteration), "X-Tinker-Request-Type": request_type}
@@ -78,12 +91,13 @@ def poll(
         try:
             resp = transport.request(
                 "POST",
-                API + "/retrieve_future",
+                path,
                 body,
                 timeout=timeout,
                 extra_headers=headers,
                 ok_statuses=(408,),
                 expect_json=True,
+                deadline=deadline.earliest(Deadline(cfg.retry_deadline)),
             )
         except PromiseExpiredError as exc:
             raise PromiseExpiredError(
@@ -91,10 +105,14 @@ def poll(
                 "the operation may or may not have completed" % request_id,
                 status_code=410,
                 method="POST",
-                url=API + "/retrieve_future",
+                url=path,
                 request_id=request_id,
                 body=exc.body,
             ) from exc
+        except APITimeoutError as exc:
+            if deadline.expired():
+                raise _poll_timeout(request_id, cfg.poll_timeout) from exc
+            raise
         iteration += 1
         data = resp.json()
         kind = data.get("type") if isinstance(data, dict) else None
@@ -109,19 +127,18 @@ def poll(
                 if on_queue_state is not None:
                     on_queue_state(request_id, state)
             if time.monotonic() - t0 >= LONG_POLL_SECONDS:
-                wait = POLL_FIRST_WAIT  # the server held the poll: it long-polls, so no back-off is needed
-                if deadline.remaining() <= 0:
+                waits = fresh  # the server held the poll: it long-polls, so no back-off is needed
+                if deadline.expired():
                     raise _poll_timeout(request_id, cfg.poll_timeout)
                 continue
-            if wait >= deadline.remaining():
+            waits = waits.increment("POST", path, status=resp.status, error=kind)
+            if not waits.sleep():
                 raise _poll_timeout(request_id, cfg.poll_timeout)
-            time.sleep(wait)
-            wait = min(wait * POLL_GROWTH, POLL_MAX_WAIT)
             continue
         if isinstance(data, dict) and "error" in data and "category" in data and kind is None:
             failed = decode(data, _wire.RequestFailedResponse)
             raise RequestFailedError(
-                "request %s failed (%s error): %s" % (request_id, failed.category, failed.error),
+                "request %s failed (%s error): %s" % (request_id, failed.category, transport.redact(failed.error)),
                 request_id=request_id,
                 category=failed.category,
             )

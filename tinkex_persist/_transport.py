@@ -1,16 +1,20 @@
 """``Transport``: per-thread ``requests.Session``, headers, timeouts, the retry loop and status -> exception.
 
-One retry policy lives here. Every POST carries an ``X-Idempotency-Key`` created once per logical call
-and reused on each retry, so retrying a submission can never apply it twice on a server that honours it.
+The loop follows the one policy of ``_retry.Retry``. Every POST carries an ``X-Idempotency-Key`` created once
+per logical call and reused on each retry, so retrying a submission can never apply it twice on a server
+that honours it.
 """
 
+import errno
 import json
 import logging
-import random
+import socket
+import ssl
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -18,6 +22,7 @@ import requests.utils
 from requests.structures import CaseInsensitiveDict
 
 from ._version import __version__
+from ._retry import RETRY_STATUSES, Deadline, Retry, parse_retry_after
 from ._wire import WIRE_SDK_VERSION
 from .config import ENV_API_KEY, Config
 from .exceptions import (
@@ -31,8 +36,6 @@ from .exceptions import (
 
 logger = logging.getLogger(__name__)
 
-#: Statuses worth another attempt: the request was not applied, or applying it again is harmless.
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 USER_AGENT = "tinkex_persist/%s (tinker-wire/%s)" % (__version__, WIRE_SDK_VERSION)
 _SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
 
@@ -46,17 +49,33 @@ _UNPARSED = object()
 
 
 class Response:
-    """The parts of a final HTTP response the operations need."""
+    """The parts of a final HTTP response the operations need.
 
-    __slots__ = ("status", "headers", "content", "method", "path", "request_id", "_json")
+    ``content`` is the body exactly as received. ``secrets`` are what error messages built from this
+    answer must not show (the request's API key and access token); they never alter ``content``.
+    """
 
-    def __init__(self, status: int, headers: Mapping[str, str], content: bytes, method: str, path: str) -> None:
+    __slots__ = ("status", "headers", "content", "method", "path", "request_id", "retries", "secrets", "_json")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        content: bytes,
+        method: str,
+        path: str,
+        *,
+        secrets: Tuple[str, ...] = (),
+    ) -> None:
         self.status = status
         self.headers = headers
         self.content = content
         self.method = method
         self.path = path
         self.request_id = headers.get("x-request-id")
+        self.secrets = secrets
+        #: The policy after the call, whose history holds the failed attempts before this answer.
+        self.retries: Optional[Retry] = None
         self._json: Any = _UNPARSED
 
     def json(self) -> Any:
@@ -69,9 +88,17 @@ class Response:
         except ValueError as exc:
             raise DecodeError(
                 "%s %s -> %d: response is not JSON (%d bytes)" % (self.method, self.path, self.status, len(self.content)),
-                errors=["$: not JSON: %s" % exc],
-                body=self.content[:2000].decode("utf-8", "replace"),
+                errors=["$: not JSON: %s" % redact(str(exc), self.secrets)],
+                body=redact(self.content[:2000].decode("utf-8", "replace"), self.secrets),
             ) from exc
+
+
+def redact(text: str, secrets: Tuple[str, ...]) -> str:
+    """``text`` with each secret replaced by ``<redacted>``: for messages and logs, never for data."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "<redacted>")
+    return text
 
 
 def _detail(content: bytes) -> str:
@@ -91,7 +118,7 @@ def _detail(content: bytes) -> str:
 def status_error(resp: Response) -> APIStatusError:
     """Build the exception for a final error response."""
     reason = requests.status_codes._codes.get(resp.status, ("",))[0].replace("_", " ").title()
-    detail = _detail(resp.content)
+    detail = redact(_detail(resp.content), resp.secrets)
     msg = "%s %s -> %d %s" % (resp.method, resp.path, resp.status, reason)
     if detail:
         msg += ": " + detail
@@ -105,20 +132,8 @@ def status_error(resp: Response) -> APIStatusError:
         method=resp.method,
         url=resp.path,
         request_id=resp.request_id,
-        body=resp.content.decode("utf-8", "replace"),
+        body=redact(resp.content.decode("utf-8", "replace"), resp.secrets),
     )
-
-
-class Deadline:
-    """A point in monotonic time after which no new attempt starts."""
-
-    __slots__ = ("end",)
-
-    def __init__(self, seconds: Optional[float]) -> None:
-        self.end = None if seconds is None else time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return float("inf") if self.end is None else self.end - time.monotonic()
 
 
 class Transport:
@@ -127,6 +142,9 @@ class Transport:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._base = config.base_url
+        parts = urlsplit(config.base_url)
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._local = threading.local()
         self._sessions: List[requests.Session] = []
         self._lock = threading.Lock()
@@ -161,17 +179,21 @@ class Transport:
             pair = self._local.pair = (s, adapter)
         return pair
 
-    def _secrets(self, body: Optional[bytes]) -> List[bytes]:
-        """The key and any access token a request carries: a server that echoes them gets them redacted."""
-        secrets = [self.config.api_key.encode("utf-8")] if self.config.api_key else []
+    def _secrets(self, body: Optional[bytes]) -> Tuple[str, ...]:
+        """The key and any access token a request carries: messages about its answer must not show them."""
+        secrets = [self.config.api_key] if self.config.api_key else []
         if body and b'"weights_access_token"' in body:
             try:
                 token = json.loads(body).get("weights_access_token")
             except (ValueError, AttributeError):
                 token = None
             if isinstance(token, str) and token:
-                secrets.append(token.encode("utf-8"))
-        return secrets
+                secrets.append(token)
+        return tuple(secrets)
+
+    def redact(self, text: str) -> str:
+        """``text`` without the API key, for a message built from the server's words."""
+        return redact(text, self._secrets(None))
 
     def close(self) -> None:
         """Close every Session this transport created."""
@@ -184,6 +206,12 @@ class Transport:
     # ------------------------------------------------------------------ requests
 
     def send_once(
+        self, method: str, path: str, body: Optional[bytes] = None, **kwargs: Any
+    ) -> Tuple[Response, None]:
+        """:meth:`send` kept in its earlier form, a (response, None) pair."""
+        return self.send(method, path, body, **kwargs), None
+
+    def send(
         self,
         method: str,
         path: str,
@@ -191,9 +219,14 @@ class Transport:
         *,
         timeout: Optional[Tuple[float, float]] = None,
         headers: Optional[Mapping[str, str]] = None,
-        stream: bool = False,
-    ) -> Tuple[Response, Optional[requests.Response]]:
-        """Send one request without retrying; raise APIConnectionError/APITimeoutError if no response came."""
+        deadline: Optional[Deadline] = None,
+    ) -> Response:
+        """Send one request without retrying and read its whole answer.
+
+        Raises APIConnectionError (APITimeoutError for a timeout) if no complete answer came: the read
+        timeout bounds each wait for bytes, and ``deadline`` bounds the whole answer, so a server
+        trickling bytes cannot hold the call past it.
+        """
         _, adapter = self._session()
         # A request prepared by hand and handed to the adapter skips Session.request's per-call
         # merging of environment, cookies and hooks: none apply here (trust_env is off, proxies and
@@ -211,23 +244,34 @@ class Transport:
         else:
             del prep.headers["Content-Type"]
         prep.body = body
+        connect, read = timeout or self.config.timeout
+        if deadline is not None:
+            # Never wait for a byte past the deadline (but leave a loopback answer time to arrive).
+            read = deadline.cap(read, MIN_READ_TIMEOUT)
         t0 = time.monotonic()
         try:
-            r = adapter.send(
-                prep, stream=stream, timeout=timeout or self.config.timeout, verify=self.config.verify, proxies=self._proxies
-            )
-            content = b"" if stream else _scrub(r.content, self._secrets(body))
-        except requests.Timeout as exc:
-            raise APITimeoutError("%s %s timed out: %s" % (method, path, type(exc).__name__), method=method, url=path) from exc
+            r = adapter.send(prep, stream=True, timeout=(connect, read), verify=self.config.verify, proxies=self._proxies)
+            try:
+                content = b"".join(_read_body(r, deadline))
+            finally:
+                r.close()
+        except _DeadlinePassed as exc:
+            raise APITimeoutError(
+                "%s %s: the answer was not complete by the deadline (%d bytes in %.1f s)"
+                % (method, path, exc.received, time.monotonic() - t0),
+                method=method,
+                url=path,
+            ) from None
         except requests.RequestException as exc:
-            raise APIConnectionError(
-                "%s %s failed without a response: %s" % (method, path, type(exc).__name__), method=method, url=path
-            ) from exc
-        resp = Response(r.status_code, r.headers, content, method, path)
+            kind, cause = describe_failure(exc, self._host, self._port)
+            logger.debug("%s %s failed after %.1f ms: %s", method, path, (time.monotonic() - t0) * 1e3, cause)
+            cls = APITimeoutError if kind in (CONNECT_TIMEOUT, READ_TIMEOUT) else APIConnectionError
+            raise cls("%s %s failed: %s" % (method, path, cause), method=method, url=path) from exc
+        resp = Response(r.status_code, r.headers, content, method, path, secrets=self._secrets(body))
         logger.debug(
             "%s %s -> %d in %.1f ms (request_id=%s)", method, path, r.status_code, (time.monotonic() - t0) * 1e3, resp.request_id
         )
-        return resp, (r if stream else None)
+        return resp
 
     def request(
         self,
@@ -241,60 +285,184 @@ class Transport:
         ok_statuses: Tuple[int, ...] = (),
         attempts: Optional[List[str]] = None,
         expect_json: bool = False,
+        retry: Optional[Retry] = None,
     ) -> Response:
         """Send a request, retrying transient failures, and return the final 2xx (or ``ok_statuses``) response.
 
-        Retries connection errors, timeouts and RETRY_STATUSES with exponential back-off and full jitter,
-        honouring ``Retry-After``, until ``config.max_retries`` or the deadline. Every attempt resends the
-        same body and the same ``X-Idempotency-Key``. ``attempts``, when given, receives one entry per
-        attempt whose outcome is unknown to the client (the server may have applied it); a connection
-        that was never opened is not one. With ``expect_json``, a 2xx answer whose body is not JSON (a
-        proxy's error page, a body cut short) is retried like a lost answer.
+        Follows ``retry`` (default: :meth:`Retry.from_config` bounded by ``deadline``, else by
+        ``config.retry_deadline``): connection errors, timeouts and its retry statuses are retried with
+        back-off, honouring ``Retry-After``; errors that cannot heal (an unknown host, a TLS failure) are
+        not; a refused connection only for ``config.connect_patience``. Every attempt resends the same body
+        and the same ``X-Idempotency-Key``. The returned response's ``retries``, and the raised error's
+        (see :func:`retries_of`), hold the history of failed attempts, each marked with whether the server
+        may have applied it. ``attempts``, when given, receives the outcomes of those that may have been.
+        With ``expect_json``, a 2xx answer whose body is not JSON (a proxy's error page, a body cut short)
+        is retried like a lost answer.
         """
         cfg = self.config
-        deadline = deadline or Deadline(cfg.retry_deadline)
+        if retry is None:
+            retry = Retry.from_config(cfg, deadline)
         headers: Dict[str, str] = dict(extra_headers or {})
         if method in ("POST", "PUT", "DELETE"):
             headers.setdefault("X-Idempotency-Key", uuid.uuid4().hex)
-        attempt = 0
         while True:
-            retry_after: Optional[float] = None
             try:
-                resp, _ = self.send_once(method, path, body, timeout=timeout, headers=headers)
+                resp = self.send(method, path, body, timeout=timeout, headers=headers, deadline=retry.deadline)
             except APIConnectionError as exc:
                 failure: TinkexPersistError = exc
-                if attempts is not None and not _never_sent(exc):
-                    attempts.append(type(exc).__name__)
+                kind, cause = describe_failure(exc.__cause__, self._host, self._port)
+                retry = retry.increment(
+                    method, path, error=cause, maybe_applied=kind not in NOT_SENT, unreachable=kind in UNREACHABLE
+                )
+                if kind in PERMANENT:
+                    raise _with_history(failure, retry, attempts)
             else:
                 decode_error = _not_json(resp) if expect_json else None
                 if decode_error is not None:
                     failure = decode_error
-                    if attempts is not None:
-                        attempts.append(type(decode_error).__name__)
+                    retry = retry.increment(method, path, error="answer is not JSON", status=resp.status, maybe_applied=True)
                 elif resp.status < 300 or resp.status in ok_statuses:
+                    resp.retries = retry
+                    _fill(attempts, retry)
                     return resp
                 else:
                     failure = status_error(resp)
-                    if resp.status not in RETRY_STATUSES:
-                        raise failure
-                    if attempts is not None and resp.status >= 500:
-                        attempts.append(str(resp.status))
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            if attempt >= cfg.max_retries:
-                raise failure
-            wait = retry_after if retry_after is not None else _backoff(attempt, cfg.backoff_factor, cfg.backoff_max)
-            if wait >= deadline.remaining():
-                raise failure
-            logger.debug("retrying %s %s in %.2fs after %s (attempt %d)", method, path, wait, type(failure).__name__, attempt + 1)
-            time.sleep(wait)
-            attempt += 1
+                    retry = retry.increment(
+                        method, path, status=resp.status, maybe_applied=resp.status >= 500, headers=resp.headers
+                    )
+                    if not retry.is_retry(resp.status):
+                        raise _with_history(failure, retry, attempts)
+            if retry.is_exhausted() or not retry.sleep():
+                raise _with_history(failure, retry, attempts)
 
 
-def _scrub(content: bytes, secrets: List[bytes]) -> bytes:
-    for secret in secrets:
-        if secret in content:
-            content = content.replace(secret, b"<redacted>")
-    return content
+#: Shortest read timeout an attempt gets near its deadline, in seconds.
+MIN_READ_TIMEOUT = 1.0
+#: Size of the reads of an answer's body, between which the deadline is checked.
+READ_CHUNK = 64 * 1024
+
+# What kind of failure left a request without an answer (see describe_failure).
+NAME_RESOLUTION = "name resolution"
+TLS = "tls"
+REFUSED = "refused"
+NETWORK_UNREACHABLE = "unreachable"
+CONNECT_TIMEOUT = "connect timeout"
+READ_TIMEOUT = "read timeout"
+BROKEN = "broken"
+#: Failures that cannot heal by trying again: not retried.
+PERMANENT = frozenset({NAME_RESOLUTION, TLS})
+#: Failures to reach the server at all: retried only for ``connect_patience``.
+UNREACHABLE = frozenset({REFUSED, NETWORK_UNREACHABLE})
+#: Failures before the request left the client: the server cannot have applied it.
+NOT_SENT = frozenset({NAME_RESOLUTION, TLS, REFUSED, NETWORK_UNREACHABLE, CONNECT_TIMEOUT})
+
+
+class _DeadlinePassed(Exception):
+    def __init__(self, received: int) -> None:
+        super().__init__(received)
+        self.received = received
+
+
+def _read_body(r: requests.Response, deadline: Optional[Deadline]) -> Iterator[bytes]:
+    """The body in pieces as they arrive, stopping once ``deadline`` has passed.
+
+    ``read1`` returns what one receive brought (urllib3 2); ``iter_content`` waits to fill its chunk.
+    """
+    read1 = getattr(r.raw, "read1", None)
+    chunks = _pieces(read1) if read1 is not None and deadline is not None else r.iter_content(READ_CHUNK)
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if deadline is not None and deadline.expired():
+            raise _DeadlinePassed(received)
+        yield chunk
+
+
+def _pieces(read1: Any) -> Iterator[bytes]:
+    while True:
+        try:
+            chunk = read1(READ_CHUNK, decode_content=True)
+        except Exception as exc:
+            # urllib3's own errors (a read timeout, a body cut short), wrapped as requests wraps them.
+            if type(exc).__module__.split(".")[0] == "urllib3":
+                raise requests.exceptions.ConnectionError(exc) from exc
+            raise
+        if not chunk:
+            return
+        yield chunk
+
+
+def _chain(exc: Optional[BaseException]) -> Iterator[BaseException]:
+    """``exc``, the exceptions it wraps (``args[0]``, ``reason``) and its causes, each once."""
+    todo = [exc]
+    seen = set()
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        nested = [getattr(e, "reason", None), e.__cause__, e.__context__]
+        nested += [a for a in e.args if isinstance(a, BaseException)]
+        todo.extend(n for n in nested if isinstance(n, BaseException))
+
+
+def _names(e: BaseException) -> List[str]:
+    return [c.__name__ for c in type(e).__mro__]
+
+
+def describe_failure(exc: Optional[BaseException], host: str, port: int) -> Tuple[str, str]:
+    """The kind of a failure without an answer and a one-line cause naming it, e.g. ``connection refused to 127.0.0.1:1``."""
+    chain = list(_chain(exc))
+    where = "%s:%d" % (host, port)
+    for e in chain:
+        if isinstance(e, socket.gaierror) or "NameResolutionError" in _names(e):
+            return NAME_RESOLUTION, "cannot resolve host %s" % host
+    for e in chain:
+        if isinstance(e, ssl.SSLError):
+            reason = getattr(e, "reason", None) or ""
+            text = " ".join(str(e).split()) or reason
+            if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
+                text = "certificate verify failed: %s" % e.verify_message
+            return TLS, "TLS handshake failed with %s: %s" % (where, text[:300])
+    for e in chain:
+        if isinstance(e, requests.exceptions.SSLError) or "SSLError" in _names(e):
+            return TLS, "TLS handshake failed with %s: %s" % (where, " ".join(str(e).split())[:300])
+    for e in chain:
+        if isinstance(e, ConnectionRefusedError):
+            return REFUSED, "connection refused to %s" % where
+        if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return NETWORK_UNREACHABLE, "no route to %s (%s)" % (where, e.strerror)
+    names = [n for e in chain for n in _names(e)]
+    if "ConnectTimeout" in names or "ConnectTimeoutError" in names:
+        return CONNECT_TIMEOUT, "connecting to %s timed out" % where
+    if "ReadTimeout" in names or "ReadTimeoutError" in names or "TimeoutError" in names:
+        return READ_TIMEOUT, "no answer from %s within the read timeout" % where
+    if "RemoteDisconnected" in names:
+        return BROKEN, "%s closed the connection without an answer" % where
+    if "ConnectionResetError" in names:
+        return BROKEN, "connection to %s reset" % where
+    if "IncompleteRead" in names or "ChunkedEncodingError" in names:
+        return BROKEN, "the answer from %s was cut short" % where
+    last = chain[-1] if chain else exc
+    return BROKEN, "connection to %s broken (%s)" % (where, type(last).__name__)
+
+
+def retries_of(exc: BaseException) -> Optional[Retry]:
+    """The retry policy (with its history) that ended in ``exc``, if the transport raised it."""
+    retry = getattr(exc, "retries", None)
+    return retry if isinstance(retry, Retry) else None
+
+
+def _with_history(exc: TinkexPersistError, retry: Retry, attempts: Optional[List[str]]) -> TinkexPersistError:
+    exc.retries = retry  # type: ignore[attr-defined]
+    _fill(attempts, retry)
+    return exc
+
+
+def _fill(attempts: Optional[List[str]], retry: Retry) -> None:
+    if attempts is not None:
+        attempts.extend(h.error or str(h.status) for h in retry.history if h.maybe_applied)
 
 
 def _not_json(resp: Response) -> Optional[DecodeError]:
@@ -306,30 +474,3 @@ def _not_json(resp: Response) -> Optional[DecodeError]:
     except DecodeError as exc:
         return exc
     return None
-
-
-def _never_sent(exc: APIConnectionError) -> bool:
-    """True when the connection was never opened (refused, connect timeout): the server saw nothing."""
-    cause = exc.__cause__
-    if isinstance(cause, requests.exceptions.ConnectTimeout):
-        return True
-    reason = getattr(cause.args[0], "reason", None) if cause is not None and cause.args else None
-    # urllib3's NewConnectionError (refused) subclasses ConnectTimeoutError; matched by name, since
-    # urllib3 is requests' dependency, not ours.
-    return isinstance(cause, requests.exceptions.ConnectionError) and any(
-        c.__name__ == "ConnectTimeoutError" for c in type(reason).__mro__
-    )
-
-
-def _backoff(attempt: int, factor: float, cap: float) -> float:
-    # Full jitter (uniform in [0, base]) keeps many clients from retrying in lockstep.
-    return random.uniform(0, min(cap, factor * (2 ** attempt)))
-
-
-def parse_retry_after(value: Optional[str]) -> Optional[float]:
-    if not value:
-        return None
-    try:
-        return max(0.0, min(float(value), 600.0))
-    except ValueError:
-        return None

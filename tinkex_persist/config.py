@@ -27,6 +27,8 @@ DEFAULT_MAX_RETRIES = 10
 DEFAULT_BACKOFF_FACTOR = 0.5
 #: Longest single back-off in seconds.
 DEFAULT_BACKOFF_MAX = 30.0
+#: Seconds to keep retrying a server that refuses connections (one restarting) after the first refusal.
+DEFAULT_CONNECT_PATIENCE = 5.0
 #: Threads in a client's pool.
 DEFAULT_MAX_WORKERS = 4
 #: Longest wait in seconds for a server-side future before APITimeoutError; None waits without bound.
@@ -95,6 +97,22 @@ def _env_float(environ: Mapping[str, str], name: str, default: Any) -> Any:
     return value
 
 
+def _check_api_key(key: Any) -> Optional[str]:
+    """The key without surrounding whitespace (a trailing newline from a file), or ConfigError never showing it."""
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise ConfigError("api_key must be a str, got %s" % type(key).__name__)
+    key = key.strip()
+    for i, ch in enumerate(key):
+        if not "\x21" <= ch <= "\x7e":
+            raise ConfigError(
+                "api_key has a space, control or non-ASCII character at position %d; "
+                "check the key's source (file or %s)" % (i, ENV_API_KEY)
+            )
+    return key or None
+
+
 def _positive(name: str):
     def check(_inst: Any, _attr: Any, value: Any) -> None:
         if value is None:
@@ -136,6 +154,11 @@ class Config:
     max_retries: int = DEFAULT_MAX_RETRIES
     backoff_factor: float = DEFAULT_BACKOFF_FACTOR
     backoff_max: float = DEFAULT_BACKOFF_MAX
+    connect_patience: Optional[float] = attrs.field(default=DEFAULT_CONNECT_PATIENCE, validator=_positive("connect_patience"))
+    """Seconds to keep retrying refused connections after the first; None waits up to ``retry_deadline``.
+
+    Errors that cannot heal (an unknown host name, a TLS handshake or certificate failure) are never retried.
+    """
     max_workers: int = attrs.field(default=DEFAULT_MAX_WORKERS, validator=_positive("max_workers"))
     heartbeat_interval: Optional[float] = attrs.field(
         default=DEFAULT_HEARTBEAT_INTERVAL, validator=_positive("heartbeat_interval")
@@ -150,6 +173,7 @@ class Config:
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "base_url", check_base_url(self.base_url, self.allow_insecure_http))
+        object.__setattr__(self, "api_key", _check_api_key(self.api_key))
         if isinstance(self.max_workers, float) or isinstance(self.max_retries, bool) or self.max_retries < 0:
             raise ConfigError("max_workers must be a positive int and max_retries a non-negative int")
         if self.backoff_factor < 0 or self.backoff_max < 0:
@@ -177,6 +201,7 @@ class Config:
             "api_key": env.get(ENV_API_KEY) or None,
             "poll_timeout": _env_float(env, "POLL_TIMEOUT", DEFAULT_POLL_TIMEOUT),
             "retry_deadline": _env_float(env, "RETRY_DEADLINE", DEFAULT_RETRY_DEADLINE),
+            "connect_patience": _env_float(env, "CONNECT_PATIENCE", DEFAULT_CONNECT_PATIENCE),
         }
         connect = _env_float(env, "CONNECT_TIMEOUT", DEFAULT_TIMEOUT[0])
         read = _env_float(env, "READ_TIMEOUT", DEFAULT_TIMEOUT[1])
