@@ -312,7 +312,7 @@ class TestTimeToFail:
         t.start()
         try:
             resp = _transport("http://127.0.0.1:%d" % port, backoff_factor=0.05, backoff_max=0.1,
-                              connect_patience=None, retry_deadline=20).request("GET", HEALTH)
+                              max_retries=1000, connect_patience=None, retry_deadline=20).request("GET", HEALTH)
         finally:
             t.join()
             for server in started:
