@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import struct
 import subprocess
 import sys
 
@@ -89,6 +90,40 @@ class TestTensorData:
         """A flat list keeps its values; without a shape, ``shape`` stays None like the SDK's."""
         td = tp.TensorData(data=[1, 2, 3], dtype="int64")
         assert ([1, 2, 3], None, [1, 2, 3], 3, 24) == (td.data, td.shape, td.tolist(), len(td), td.nbytes)
+
+    def test_no_data_is_an_empty_tensor(self):
+        """``TensorData(dtype=...)`` without data is empty, like the SDK's."""
+        assert ([], 0) == (tp.TensorData(dtype="float32").data, len(tp.TensorData(dtype="int64")))
+
+    @pytest.mark.parametrize(
+        "dtype,expected", [("torch.float32", "float32"), ("torch.int64", "int64"), ("torch.bool", None)]
+    )
+    def test_other_array_libraries_by_their_dtype_names(self, dtype, expected):
+        """An array object that is not numpy (torch-style ``dtype`` without ``kind``) is read by its dtype."""
+
+        class TorchStyleDtype:
+            is_floating_point = dtype == "torch.float32"
+
+            def __str__(self):
+                return dtype
+
+        class TorchStyleArray:
+            shape = (2,)
+            dtype = TorchStyleDtype()
+
+            def tolist(self):
+                return [1, 0]
+
+        if expected is None:
+            with pytest.raises(UsageError):
+                tp.TensorData.from_numpy(TorchStyleArray())
+        else:
+            assert tp.TensorData(data=[1, 0], dtype=expected, shape=[2]) == tp.TensorData.from_numpy(TorchStyleArray())
+
+    def test_tobytes_is_little_endian_in_the_dtype(self):
+        """``tobytes`` gives the wire payload: 8 bytes per int64, 4 per float32, little-endian."""
+        assert struct.pack("<2q", 1, -2) == tp.TensorData(data=[1, -2], dtype="int64").tobytes()
+        assert struct.pack("<2f", 0.5, 1.0) == tp.TensorData(data=[0.5, 1], dtype="float32").tobytes()
 
     def test_float32_rounds_like_the_sdk(self):
         """float32 values are stored at float32 precision, as numpy does for the SDK."""
@@ -197,8 +232,9 @@ class TestDatum:
                 "weights": tp.TensorData(data=[1.0, 0.0], dtype="float32", shape=[2])} == d.loss_fn_inputs
 
     def test_loss_fn_inputs_default_to_empty(self):
-        """``loss_fn_inputs`` defaults to an empty dict."""
+        """``loss_fn_inputs`` defaults to an empty dict, and None means the same."""
         assert {} == tp.Datum(model_input=tp.ModelInput.from_ints([1])).loss_fn_inputs
+        assert {} == tp.Datum(tp.ModelInput.from_ints([1]), None).loss_fn_inputs
 
     @pytest.mark.parametrize("key", ["target_tokens", "weights", "logprobs", "advantages"])
     def test_mismatched_lengths_are_refused(self, key):

@@ -81,9 +81,9 @@ def _array_dtype(value: Any) -> Optional[str]:
 def _flatten(values: Sequence[Any], where: str) -> Tuple[List[Any], List[int]]:
     """Flatten a (possibly nested, rectangular) list; return the flat values and the shape."""
     if not values or not isinstance(values[0], (list, tuple)):
-        for v in values:
-            if isinstance(v, (list, tuple)):
-                raise UsageError("%s must be a rectangular array; ragged nested lists are not supported" % where)
+        kinds = set(map(type, values))  # one C-level pass; the common case is a flat list of numbers
+        if any(issubclass(k, (list, tuple)) for k in kinds):
+            raise UsageError("%s must be a rectangular array; ragged nested lists are not supported" % where)
         return list(values), [len(values)]
     flat: List[Any] = []
     inner: Optional[List[int]] = None
@@ -312,11 +312,16 @@ def _tokens(value: Any) -> List[int]:
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
         raise UsageError("tokens must be a list of ints, got %s" % type(value).__name__)
+    if bool not in set(map(type, value)):
+        try:
+            return array.array("i", value).tolist()  # fast path: C checks int-ness and the int32 range
+        except (TypeError, OverflowError):
+            pass
     tokens = _check_int_list(value, "tokens")
     for i, t in enumerate(tokens):
         if not _INT32_MIN <= t <= _INT32_MAX:
             raise UsageError("tokens[%d] = %d does not fit in 32 bits" % (i, t))
-    return tokens
+    raise UsageError("tokens are not int32 values")  # pragma: no cover - the loops above name the culprit
 
 
 @attrs.frozen(kw_only=True)
