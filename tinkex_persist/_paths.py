@@ -1,6 +1,7 @@
 """Validation of checkpoint names, run ids, counts and ``tinker://`` paths, shared by the client and the local server."""
 
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from .exceptions import UsageError
 
@@ -17,6 +18,8 @@ SCHEME = "tinker://"
 #: Path segment of each checkpoint kind.
 KINDS = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}
 
+#: Characters left as they are in a URL path segment (RFC 3986 pchar); the rest is percent-encoded.
+_PATH_SAFE = ":@!$&'()*+,;=~"
 _FORBIDDEN = set("/\\?#%") | {chr(c) for c in range(32)} | {"\x7f"}
 
 
@@ -34,11 +37,16 @@ class TinkerPath(NamedTuple):
     @property
     def api_path(self) -> str:
         """The checkpoint's REST path below ``/api/v1``: ``/training_runs/<run_id>/checkpoints/<kind>/<name>``."""
-        # The run id goes in raw (colons unescaped) and the checkpoint id keeps its slash, as the official SDK sends.
-        return "/training_runs/%s/checkpoints/%s" % (self.run_id, self.checkpoint_id)
+        # The run id goes in with its colons and the checkpoint id keeps its slash, as the official SDK sends;
+        # anything outside ASCII (or a space) is percent-encoded as UTF-8, as httpx does for the SDK.
+        return "/training_runs/%s/checkpoints/%s/%s" % (_quote(self.run_id), self.kind, _quote(self.name))
 
     def __str__(self) -> str:
         return "%s%s/%s/%s" % (SCHEME, self.run_id, self.kind, self.name)
+
+
+def _quote(segment: str) -> str:
+    return quote(segment, safe=_PATH_SAFE)
 
 
 def _segment_problem(value: str, max_length: int) -> str:

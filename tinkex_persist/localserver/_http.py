@@ -14,7 +14,7 @@ import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Dict, List, Optional, Pattern, Tuple
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from .. import _converter, _wire
 from ..exceptions import DecodeError
@@ -179,6 +179,15 @@ class Handler(BaseHTTPRequestHandler):
         return out if isinstance(out, tuple) else (200, out, {})
 
 
+def _attachment(filename: str) -> str:
+    """A ``Content-Disposition`` value for any file name: header bytes must be Latin-1, so a name
+    outside ASCII goes in RFC 6266's ``filename*`` (UTF-8, percent-encoded) beside an ASCII fallback."""
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in filename)
+    if fallback == filename:
+        return 'attachment; filename="%s"' % filename
+    return "attachment; filename=\"%s\"; filename*=UTF-8''%s" % (fallback, quote(filename, safe=""))
+
+
 def _parse_range(header: Optional[str], size: int) -> Any:
     """Return None (whole body), ``"unsatisfiable"`` or an inclusive (start, end) for one byte range."""
     if not header or not header.startswith("bytes=") or "," in header:
@@ -228,7 +237,7 @@ def _download(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -
         "Accept-Ranges": "bytes",
         "ETag": '"%s"' % digest,
         "X-Checkpoint-SHA256": digest,
-        "Content-Disposition": 'attachment; filename="%s.tar"' % entry["name"],
+        "Content-Disposition": _attachment(entry["name"] + ".tar"),
     }
     rng = _parse_range(h.headers.get("Range"), len(blob))
     if rng is None:
