@@ -68,11 +68,15 @@ class TestListCheckpoints:
         assert None is b.expires_at
 
     def test_user_listing_fetches_every_page(self, mgmt_service, mgmt_server, seed_run):
-        """Without a run id every page of /api/v1/checkpoints is fetched until total_count is reached."""
+        """Without a run id every page of /api/v1/checkpoints is fetched until total_count is reached.
+
+        Each page after the first starts on the last entry already read (offsets 0, 1, 2, 3 for five
+        entries two at a time), so a listing that moves in between is noticed.
+        """
         _, paths = seed_run(["a", "b", "c", "d", "e"])
         listed = manage.list_checkpoints(mgmt_service, page_size=2).result()
         assert sorted(paths) == sorted(c.tinker_path for c in listed)
-        assert 3 == mgmt_server.stats.requests["/api/v1/checkpoints"]
+        assert 4 == mgmt_server.stats.requests["/api/v1/checkpoints"]
 
     def test_limit_stops_paging_early(self, mgmt_service, mgmt_server, seed_run):
         """``limit`` returns at most that many and asks for no page beyond them."""

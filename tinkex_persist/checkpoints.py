@@ -99,24 +99,67 @@ def _list(
 ) -> List[CheckpointInfo]:
     if run_id is not None:
         resp = _ops.call(transport, "GET", "/training_runs/%s/checkpoints" % run_id, None, _wire.CheckpointsListResponse)
-        found = [_checkpoint_info(c) for c in resp.checkpoints]
+        found = _unique(_checkpoint_info(c) for c in resp.checkpoints)
         return found if limit is None else found[:limit]
-    found = []
-    offset = 0
+    return _list_pages(transport, limit, page_size)
+
+
+def _unique(checkpoints: Iterable[CheckpointInfo]) -> List[CheckpointInfo]:
+    seen: Set[str] = set()
+    out = []
+    for c in checkpoints:
+        if c.tinker_path not in seen:
+            seen.add(c.tinker_path)
+            out.append(c)
+    return out
+
+
+def _list_pages(transport: Transport, limit: Optional[int], page_size: int) -> List[CheckpointInfo]:
+    """Page through the user-wide listing; each checkpoint once, none skipped while others come and go.
+
+    Offset paging over a list that changes shifts it under the reader: a save ahead of the offset
+    repeats an entry, a delete behind it skips one. So each page after the first starts one entry
+    early, on the last one already seen (the anchor). If no entry of a page was seen before, entries
+    before the offset were deleted and the reader moved past unseen ones: it steps back (1, 2, 4 ...
+    entries) until a page overlaps what it has, then goes on from there. Entries are kept by
+    ``tinker_path``, so overlaps never repeat one.
+    """
+    found: Dict[str, CheckpointInfo] = {}
+    start = 0  # offset of the first entry not yet read, as far as the reader knows
+    step_back = 0
+    requests = 0
+    budget = None  # requests allowed once the size is known: churn must not keep the reader forever
     while True:
-        page = page_size if limit is None else min(page_size, limit - len(found))
+        anchored = start > 0 and page_size > 1
+        offset = max(0, start - (1 if anchored else 0) - step_back)
         resp = _ops.call(
-            transport, "GET", "/checkpoints?limit=%d&offset=%d" % (page, offset), None, _wire.CheckpointsListResponse
+            transport, "GET", "/checkpoints?limit=%d&offset=%d" % (page_size, offset), None,
+            _wire.CheckpointsListResponse,
         )
-        found.extend(_checkpoint_info(c) for c in resp.checkpoints)
-        offset += len(resp.checkpoints)
+        requests += 1
+        items = [_checkpoint_info(c) for c in resp.checkpoints]
+        total = resp.cursor.total_count if resp.cursor is not None else None
+        if budget is None and total is not None:
+            budget = 4 * (total // max(1, page_size - 1) + 1) + 16
+        overlaps = any(c.tinker_path in found for c in items)
+        if offset > 0 and items and not overlaps and (anchored or step_back) and (budget is None or requests < budget):
+            # Entries before this page were deleted since the last one: step back to find where we were.
+            logger.debug("listing moved under the reader at offset %d; stepping back", offset)
+            step_back = max(1, 2 * step_back)
+            continue
+        step_back = 0
+        for c in items:
+            found.setdefault(c.tinker_path, c)
+        start = offset + len(items)
         if (
-            not resp.checkpoints
-            or resp.cursor is None
-            or offset >= resp.cursor.total_count
+            not items
+            or len(items) < page_size
+            or (total is not None and start >= total)
             or (limit is not None and len(found) >= limit)
+            or (budget is not None and requests >= budget)
         ):
-            return found if limit is None else found[:limit]
+            listed = list(found.values())
+            return listed if limit is None else listed[:limit]
 
 
 def _delete_one(transport: Transport, tp: TinkerPath, size: Optional[int]) -> DeleteOutcome:
