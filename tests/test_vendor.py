@@ -65,10 +65,13 @@ class TestVendor:
         assert (0, True) == (run.returncode, run.stdout.startswith("tinkex-persist "))
 
     def test_copy_has_no_caches_and_a_marker(self, tmp_path):
-        """The copy holds no __pycache__ and records where it came from."""
+        """The copy holds no __pycache__, records where it came from, and carries the license and py.typed."""
         _vendor(tmp_path)
         copied = tmp_path / "acme_tp"
         assert [] == list(copied.rglob("__pycache__"))
+        assert (ROOT / "LICENSE").read_bytes() == (copied / "LICENSE").read_bytes()
+        assert "Apache License" in (copied / "LICENSE").read_text().split("\n", 3)[1]
+        assert (copied / "py.typed").is_file()
         assert (copied / "VENDORED_FROM").read_text().startswith("tinkex_persist ")
         assert (copied / "checkpoints.py").read_bytes() == (ROOT / "tinkex_persist" / "checkpoints.py").read_bytes()
 
@@ -98,4 +101,7 @@ class TestVendor:
         (planted / "__init__.py").write_text("from tinkex_persist import manage\n")
         assert ["__init__.py:1"] == vendor.absolute_self_imports(str(planted))
         with pytest.raises(ValueError, match="absolute imports"):
+            vendor.vendor(str(tmp_path / "out"), "acme", source=str(planted))
+        (planted / "__init__.py").write_text("from . import manage\n")
+        with pytest.raises(ValueError, match="must carry the license"):
             vendor.vendor(str(tmp_path / "out"), "acme", source=str(planted))

@@ -3,7 +3,8 @@
 
     python tools/vendor.py DEST --as PACKAGE
 
-creates ``DEST/PACKAGE/`` holding the package's modules unchanged. The package imports itself only
+creates ``DEST/PACKAGE/`` holding the package's modules unchanged, plus the project's ``LICENSE``
+(Apache-2.0 asks that a copy carries it) and a ``VENDORED_FROM`` marker. The package imports itself only
 relatively and derives logger names from ``__name__``, so the copy works as is; this tool refuses to
 copy a tree that has an absolute self-import, and to replace a directory that is not an earlier copy.
 """
@@ -19,6 +20,8 @@ from typing import List, Optional, Sequence
 SOURCE_PACKAGE = "tinkex_persist"
 #: Marker file written into each copy, so a later run may replace it.
 MARKER = "VENDORED_FROM"
+#: The project's license, next to the package directory; every copy carries it.
+LICENSE = "LICENSE"
 _SKIP_DIRS = {"__pycache__"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 
@@ -55,7 +58,8 @@ def vendor(dest: str, package: str, source: Optional[str] = None) -> str:
     """Copy the package into ``dest/package`` and return that directory.
 
     Raises:
-        ValueError: ``package`` is not a valid identifier, or the source has an absolute self-import.
+        ValueError: ``package`` is not a valid identifier, the source has an absolute self-import, or no
+            ``LICENSE`` is found next to the source package.
         FileExistsError: the target exists and is not an earlier vendored copy.
     """
     if not package.isidentifier() or keyword.iskeyword(package):
@@ -66,6 +70,9 @@ def vendor(dest: str, package: str, source: Optional[str] = None) -> str:
     offenders = absolute_self_imports(source)
     if offenders:
         raise ValueError("absolute imports of %s would break a vendored copy: %s" % (SOURCE_PACKAGE, ", ".join(offenders)))
+    license_file = os.path.join(os.path.dirname(os.path.abspath(source)), LICENSE)
+    if not os.path.isfile(license_file):
+        raise ValueError("%s is missing: a vendored copy must carry the license" % license_file)
     target = os.path.join(dest, package)
     if os.path.lexists(target):
         if not os.path.isfile(os.path.join(target, MARKER)):
@@ -77,6 +84,7 @@ def vendor(dest: str, package: str, source: Optional[str] = None) -> str:
         target,
         ignore=lambda d, names: [n for n in names if n in _SKIP_DIRS or n.endswith(_SKIP_SUFFIXES)],
     )
+    shutil.copyfile(license_file, os.path.join(target, LICENSE))
     version = "unknown"
     with open(os.path.join(source, "_version.py"), "r", encoding="utf-8") as f:
         for line in f:
