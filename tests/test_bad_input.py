@@ -259,7 +259,7 @@ class TestMalformedResponses:
         result = tp.save_state(tc, "next").result(timeout=10)
         info_ = local_server.model_info(tc.model_id)
         assert info_["next_seq_id"] - 1 == result.seq_id
-        assert list(range(1, info_["next_seq_id"])) == sorted(local_server.service._models[tc.model_id].replays)
+        assert list(range(1, info_["next_seq_id"])) == local_server.service.accepted_seq_ids(tc.model_id)
 
     def test_create_session_error_body_is_typed(self, local_server, service):
         """A create_session answer of the wrong shape fails the first operation with DecodeError."""

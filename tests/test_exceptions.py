@@ -32,6 +32,7 @@ class TestHierarchy:
             (E.ArchiveChecksumError, E.DownloadError),
             (E.UnsafeArchiveError, E.DownloadError),
             (E.CheckpointDeleteError, E.TinkexPersistError),
+            (E.RootInUseError, E.TinkexPersistError),
         ],
     )
     def test_subclass_table(self, cls, base):
@@ -70,6 +71,7 @@ INSTANCES = [
     E.DownloadError("cut", partial_path="/tmp/x.tar.part"),
     E.ArchiveChecksumError("sha256 mismatch", partial_path="/tmp/y.tar.part"),
     E.UnsafeArchiveError("member ../x escapes"),
+    E.RootInUseError("checkpoint root /srv is in use", root="/srv"),
 ]
 
 

@@ -152,13 +152,13 @@ class Cell:
         self.source_entry = server.service.store.get(self.source)
 
     def models(self) -> int:
-        return len(self.server.service._models)
+        return len(self.server.service.model_ids())
 
     def model(self, model_id: str) -> Dict[str, Any]:
         return self.server.model_info(model_id)
 
     def accepted_seq_ids(self, model_id: str) -> List[int]:
-        return sorted(self.server.service._models[model_id].replays)
+        return self.server.service.accepted_seq_ids(model_id)
 
     def names(self, run_id: str) -> List[str]:
         return sorted(e["name"] for e in self.server.service.store.list(run_id))

@@ -138,9 +138,9 @@ class TestLimits:
                 for s in silent:
                     s.close()
             deadline = time.monotonic() + 3
-            while len(server._conns) and time.monotonic() < deadline:
+            while server.open_connections and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert 0 == len(server._conns)
+            assert 0 == server.open_connections
 
 
 def _read_all(sock):

@@ -25,6 +25,7 @@ __all__ = (
     "PromiseExpiredError",
     "RateLimitError",
     "RequestFailedError",
+    "RootInUseError",
     "TinkexPersistError",
     "UnprocessableEntityError",
     "UnsafeArchiveError",
@@ -206,3 +207,11 @@ class ArchiveChecksumError(DownloadError):
 
 class UnsafeArchiveError(DownloadError):
     """The archive holds a member that could escape the destination (absolute path, ``..``, link, device)."""
+
+
+class RootInUseError(TinkexPersistError):
+    """A local server's checkpoint root is already served by another server (in this or another process)."""
+
+    def __init__(self, message: str, *, root: str = "") -> None:
+        super().__init__(message)
+        self.root = root

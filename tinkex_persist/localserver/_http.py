@@ -41,7 +41,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         local = self.server.local  # type: ignore[attr-defined]
-        self.timeout = local.socket_timeout  # a silent client must not pin this thread forever
+        self.timeout = local.options.socket_timeout  # a silent client must not pin this thread forever
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(self.connection, ssl.SSLSocket):
@@ -131,14 +131,14 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             return self._fail(400, "bad Content-Length", close=True)
-        if length > local.max_body:
-            return self._fail(413, "body of %d bytes exceeds the limit of %d" % (length, local.max_body), close=True)
+        max_body = local.options.max_body
+        if length > max_body:
+            return self._fail(413, "body of %d bytes exceeds the limit of %d" % (length, max_body), close=True)
         raw = self.rfile.read(length) if length else b""
         fault = local.faults.take(method, url.path)
-        if fault is not None and fault.status is not None:
+        if fault is not None and fault.status is not None:  # answer instead of processing
             time.sleep(fault.delay)
-            body = fault.body if fault.body is not None else {"detail": "injected fault"}
-            return self._send(fault.status, body, fault.headers)
+            return self._send(fault.status, fault.injected_answer(), fault.headers)
         try:
             status, obj, headers = self._call(local.service, route[0], route[1], groups, raw, url.query)
         except HTTPError as exc:

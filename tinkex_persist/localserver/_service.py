@@ -6,7 +6,6 @@ Every endpoint is a method taking a decoded ``_wire`` request and returning a JS
 
 import base64
 import collections
-import fnmatch
 import hashlib
 import hmac
 import json
@@ -15,11 +14,12 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import _paths, _wire
 from ..exceptions import UsageError
 from ._model import ModelState
+from ._options import ServerOptions
 from ._store import CheckpointStore, StoreError, checkpoint_json
 
 logger = logging.getLogger(__name__)
@@ -67,67 +67,6 @@ class Stats:
             self.responses.clear()
 
 
-class Fault(NamedTuple):
-    """One injected fault; see :class:`FaultQueue`."""
-
-    path: str
-    method: Optional[str] = None
-    status: Optional[int] = None
-    body: Any = None
-    headers: Optional[Dict[str, str]] = None
-    drop: bool = False
-    delay: float = 0.0
-
-
-class FaultQueue:
-    """Thread-safe FIFO of one-shot faults, each used by the first request whose path matches it.
-
-    ``path`` is an ``fnmatch`` pattern on the request path (without the query), e.g. ``/api/v1/save_weights``
-    or ``/api/v1/training_runs/*``. A fault does one of:
-
-    * ``status=N`` (with optional ``body`` and ``headers``): answer N without processing the request;
-    * ``drop=True``: process (commit) the request, then close the connection without answering;
-    * ``delay=S``: process the request, then wait S seconds before answering (combines with the above).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: List[Fault] = []
-
-    def add(
-        self,
-        path: str,
-        *,
-        method: Optional[str] = None,
-        status: Optional[int] = None,
-        body: Any = None,
-        headers: Optional[Dict[str, str]] = None,
-        drop: bool = False,
-        delay: float = 0.0,
-        count: int = 1,
-    ) -> None:
-        """Queue ``count`` copies of a fault for requests matching ``path`` (and ``method`` if given)."""
-        fault = Fault(path, method and method.upper(), status, body, headers, drop, delay)
-        with self._lock:
-            self._faults.extend([fault] * count)
-
-    def take(self, method: str, path: str) -> Optional[Fault]:
-        """Remove and return the first fault matching this request, or None."""
-        with self._lock:
-            for i, f in enumerate(self._faults):
-                if (f.method is None or f.method == method) and fnmatch.fnmatchcase(path, f.path):
-                    return self._faults.pop(i)
-        return None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._faults)
-
-
 class _Future:
     __slots__ = ("id", "outcome", "done", "created")
 
@@ -153,10 +92,10 @@ def canonical(data: Any) -> str:
 class Service:
     """The protocol state behind one running :class:`LocalServer`; all methods are thread-safe."""
 
-    def __init__(self, store: CheckpointStore, opts: Dict[str, Any]) -> None:
+    def __init__(self, store: CheckpointStore, options: ServerOptions) -> None:
         self.store = store
-        self.opts = opts
-        self.clock: Callable[[], float] = opts["clock"]
+        self.options = options
+        self.clock: Callable[[], float] = options.clock
         self.seq_log: Dict[str, List[Optional[int]]] = collections.defaultdict(list)
         self._cond = threading.Condition()
         self._sessions: Dict[str, Dict[str, Any]] = {}
@@ -183,11 +122,11 @@ class Service:
         self._counter += 1
         if self._counter % 1000 == 0:
             # Drop expired futures now and then; otherwise only a poll of an expired one removes it.
-            horizon = self.clock() - self.opts["future_ttl"]
+            horizon = self.clock() - self.options.future_ttl
             for rid in [rid for rid, f in self._futures.items() if f.created < horizon]:
                 del self._futures[rid]
         rid = "req-%s-%d" % (self._prefix, self._counter)
-        delay = self.opts["complete_delay"]
+        delay = self.options.complete_delay
         fut = self._futures[rid] = _Future(rid, outcome, delay <= 0, self.clock())
         if delay > 0:
             timer = threading.Timer(delay, self._complete, (fut,))
@@ -204,7 +143,7 @@ class Service:
 
     def _live_future(self, rid: str) -> Optional[_Future]:
         fut = self._futures.get(rid)
-        if fut is not None and self.clock() > fut.created + self.opts["future_ttl"]:
+        if fut is not None and self.clock() > fut.created + self.options.future_ttl:
             del self._futures[rid]
             return None
         return fut
@@ -215,8 +154,8 @@ class Service:
             fut = self._live_future(req.request_id)
             if fut is None:
                 raise HTTPError(410, "request %s is unknown or expired" % req.request_id)
-            if self.opts["long_poll"]:
-                deadline = time.monotonic() + self.opts["long_poll_timeout"]
+            if self.options.long_poll:
+                deadline = time.monotonic() + self.options.long_poll_timeout
                 while not fut.done and not self._stopping:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -224,7 +163,7 @@ class Service:
                     self._cond.wait(remaining)
             if fut.done:
                 return 200, fut.outcome
-        return self.opts["pending_status"], {"type": "try_again", "request_id": fut.id, "queue_state": "active"}
+        return self.options.pending_status, {"type": "try_again", "request_id": fut.id, "queue_state": "active"}
 
     def _answer(self, model_id: str, outcome: Dict[str, Any]) -> Dict[str, Any]:
         return {"request_id": self._new_future(outcome).id, "model_id": model_id}
@@ -357,6 +296,16 @@ class Service:
                 "optimizer_sha256": optimizer,
             }
 
+    def model_ids(self) -> List[str]:
+        """Return the ids of the models of this run of the server, sorted."""
+        with self._cond:
+            return sorted(self._models)
+
+    def accepted_seq_ids(self, model_id: str) -> List[int]:
+        """Return the seq_ids whose answers a model keeps for replay (the latest ``REPLAY_WINDOW``), sorted."""
+        with self._cond:
+            return sorted(self._model(model_id).replays)
+
     # ------------------------------------------------------------------ ordered submissions
 
     def _submit(
@@ -366,7 +315,7 @@ class Service:
             model = self._model(model_id)
             self.seq_log[model_id].append(seq_id)
             if seq_id is not None:
-                deadline = time.monotonic() + self.opts["seq_wait"]
+                deadline = time.monotonic() + self.options.seq_wait
                 while seq_id > model.next_seq and not self._stopping:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -385,7 +334,7 @@ class Service:
                     raise HTTPError(
                         400,
                         "seq_id %d of model %s is ahead of the expected %d; the gap was not filled in %.1fs"
-                        % (seq_id, model_id, model.next_seq, self.opts["seq_wait"]),
+                        % (seq_id, model_id, model.next_seq, self.options.seq_wait),
                     )
             try:
                 outcome = op(model)
@@ -425,7 +374,7 @@ class Service:
                     req.ttl_seconds,
                     req.overwrite,
                     req.user_metadata,
-                    self.opts["save_hook"],
+                    self.options.save_hook,
                 )
             except StoreError as exc:
                 raise UserError(str(exc)) from None
@@ -453,7 +402,7 @@ class Service:
         model.state.restore(weights, opt if optimizer else None)
 
     def load_weights(self, req: _wire.LoadWeightsRequest, key: str) -> Dict[str, Any]:
-        if not self.opts["session_load"] and (req.session_id is not None or req.model_seq_id is not None):
+        if not self.options.session_load and (req.session_id is not None or req.model_seq_id is not None):
             # What a server predating session addressing answers: its strict decoder knows no such keys.
             raise HTTPError(400, "invalid LoadWeightsRequest: extra fields found (session_id, model_seq_id) @ $")
         by_session = req.session_id is not None and req.model_seq_id is not None
@@ -465,7 +414,7 @@ class Service:
         if by_model:
 
             def op(model: _Model) -> Dict[str, Any]:
-                if model.next_seq != 1 and not self.opts["allow_late_load"]:
+                if model.next_seq != 1 and not self.options.allow_late_load:
                     raise UserError(
                         "load_weights on model %s is accepted only as its first request after create_model "
                         "(seq_id 1); create a new training client with "
@@ -565,7 +514,7 @@ class Service:
         entry = self.store.get(path)
         if entry is None:
             raise HTTPError(404, "checkpoint %s not found" % path)
-        expires = float(int(self.clock() + self.opts["archive_url_ttl"]))
+        expires = float(int(self.clock() + self.options.archive_url_ttl))
         payload = base64.urlsafe_b64encode(canonical({"p": path, "d": entry["dir"], "e": expires}).encode()).decode()
         sig = hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()
         return "%s.%s" % (payload.rstrip("="), sig), expires

@@ -3,6 +3,9 @@
 Layout under ``root``: ``index.json`` (a snapshot) plus ``journal.log`` (fsync'd JSON lines appended since
 the snapshot) are together the only source of truth for what exists; ``data/<uuid>/`` holds one committed
 checkpoint (``weights.bin``, ``optimizer.bin``, ``manifest.json``) and ``tmp/`` saves in progress.
+``lock`` is held (an OS file lock, released by the OS when the process dies) by the one store that owns
+the root: a second store refuses it with :class:`RootInUseError`, since its start-up clean-up would remove
+the first one's newer checkpoints as orphans.
 A save appends one journal line, so its cost does not grow with the number of checkpoints. At startup,
 and when the journal outgrows the index, the journal is folded into a new snapshot; a torn last line
 (a crash mid-append) is ignored, since its save never reported success.
@@ -14,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tarfile
 import threading
 import uuid
@@ -21,12 +25,23 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import _paths
-from ..exceptions import UsageError
+from ..exceptions import RootInUseError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
 FILES = ("weights.bin", "optimizer.bin")
 MANIFEST = "manifest.json"
+#: Name of the lock file in the root; it holds the owner's pid and host name, for the error message.
+LOCK_FILE = "lock"
 
 
 class StoreError(Exception):
@@ -53,6 +68,75 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class RootLock:
+    """An exclusive, non-blocking OS lock on ``<root>/lock``, held from construction until :meth:`release`.
+
+    ``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows: the OS drops the lock when its process ends,
+    even by ``kill -9``, so a crashed server never leaves its root locked. The file itself stays.
+
+    Raises:
+        RootInUseError: Another store (in this or another process) holds the lock.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.path = os.path.join(root, LOCK_FILE)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = self._try_lock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not locked:
+            try:
+                owner = os.read(fd, 200).decode("utf-8", "replace").strip()
+            except OSError:  # pragma: no cover - Windows: the locked byte cannot be read
+                owner = ""
+            finally:
+                os.close(fd)
+            raise RootInUseError(
+                "checkpoint root %s is in use by another local server%s; stop it or choose another root"
+                % (root, " (%s)" % owner if owner else ""),
+                root=root,
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, ("pid %d on %s\n" % (os.getpid(), socket.gethostname())).encode("utf-8"))
+        self._fd: Optional[int] = fd
+
+    def _try_lock(self, fd: int) -> bool:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+        return _try_lock_without_fcntl(fd, self.path)  # pragma: no cover - Windows and others
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if fcntl is None and msvcrt is not None:  # pragma: no cover - Windows
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            except OSError:
+                pass
+        os.close(fd)  # closing drops a flock
+
+
+def _try_lock_without_fcntl(fd: int, path: str) -> bool:  # pragma: no cover - Windows and others
+    if msvcrt is not None:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+    # Neither primitive exists (e.g. WASI): serve, but say that the root is unguarded.
+    logger.warning("no file locking on this platform: never serve the root of %s from two processes", path)
+    return True
+
+
 def _write_file(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -72,17 +156,25 @@ class CheckpointStore:
         self._index_path = os.path.join(self.root, "index.json")
         self._journal_path = os.path.join(self.root, "journal.log")
         self._archives: Dict[str, Tuple[bytes, str]] = {}
-        for d in (self.root, self._data, self._tmp):
-            os.makedirs(d, exist_ok=True)
-        self._index: Dict[str, Dict[str, Any]] = {}
-        if os.path.exists(self._index_path):
-            with open(self._index_path, "rb") as f:
-                self._index = json.load(f)["checkpoints"]
-        self._replay()
         self._journal: Optional[int] = None
         self._journal_records = 0
-        self._compact()
-        self._cleanup()
+        self._closed = False
+        os.makedirs(self.root, exist_ok=True)
+        # Nothing is read, written or removed before the lock is held (see the module docstring).
+        self._root_lock = RootLock(self.root)
+        try:
+            for d in (self._data, self._tmp):
+                os.makedirs(d, exist_ok=True)
+            self._index: Dict[str, Dict[str, Any]] = {}
+            if os.path.exists(self._index_path):
+                with open(self._index_path, "rb") as f:
+                    self._index = json.load(f)["checkpoints"]
+            self._replay()
+            self._compact()
+            self._cleanup()
+        except BaseException:
+            self._root_lock.release()
+            raise
 
     def _replay(self) -> None:
         if not os.path.exists(self._journal_path):
@@ -124,12 +216,34 @@ class CheckpointStore:
             self._journal = None
 
     def close(self) -> None:
-        """Release the journal's file handle."""
+        """Release the journal's file handle and the root's lock; later changes fail with :class:`StoreError`."""
         with self._lock:
+            self._closed = True
             self._close_journal()
+            self._root_lock.release()
+
+    def _journal_replaced(self) -> bool:
+        assert self._journal is not None
+        try:
+            on_disk = os.stat(self._journal_path)
+        except FileNotFoundError:
+            return True
+        ours = os.fstat(self._journal)
+        return (ours.st_dev, ours.st_ino) != (on_disk.st_dev, on_disk.st_ino)
 
     def _append(self, record: Dict[str, Any]) -> None:
-        """Make one change durable: one fsync'd journal line (O(1) in the number of checkpoints)."""
+        """Make one change durable: one fsync'd journal line (O(1) in the number of checkpoints).
+
+        Raises:
+            StoreError: The store is closed (the server is stopping): the change is not made.
+        """
+        if self._closed:
+            raise StoreError("the checkpoint store is closed (the server is stopping)")
+        if self._journal is not None and self._journal_replaced():
+            # Someone removed or replaced our journal: lines appended to it would be lost at the next start,
+            # and the checkpoints they acknowledged deleted as orphans. Rewrite the state we hold instead.
+            logger.warning("journal %s was removed or replaced behind the server; rewriting the index", self._journal_path)
+            self._compact()
         if self._journal is None:
             self._journal = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             _fsync_dir(self.root)
@@ -182,7 +296,7 @@ class CheckpointStore:
         """Return the index entry of a live checkpoint, or None."""
         with self._lock:
             entry = self._index.get(tinker_path)
-            return dict(entry) if self._live(entry) else None
+            return dict(entry) if entry is not None and self._live(entry) else None
 
     def list(self, run_id: Optional[str] = None) -> List[Dict[str, Any]]:
         """Return live entries, newest first, of one run or of all runs."""
@@ -286,7 +400,7 @@ class CheckpointStore:
         """Change ``expires_at`` or ``public`` of a live checkpoint; False if there is none."""
         with self._lock:
             entry = self._index.get(tinker_path)
-            if not self._live(entry):
+            if entry is None or not self._live(entry):
                 return False
             entry = dict(entry, **changes)
             self._append({"op": "put", "path": tinker_path, "entry": entry})

@@ -7,25 +7,18 @@ import socket
 import ssl
 import sys
 import threading
-import time
 from http.server import ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from typing import Any, Dict, List, Optional, Set, Union
 
+import attrs
+
+from ._faults import FaultQueue
 from ._http import Handler
-from ._service import FaultQueue, HTTPError, Service, Stats
+from ._options import ServerOptions
+from ._service import HTTPError, Service, Stats
 from ._store import CheckpointStore
 
 logger = logging.getLogger(__name__)
-
-#: Largest accepted request body, in bytes.
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
-#: How long ``retrieve_future`` holds a pending poll (the official SDK gives up on a poll after 45 s).
-DEFAULT_LONG_POLL_TIMEOUT = 30.0
-#: How long a request with a seq_id ahead of the expected one waits for the gap to fill.
-DEFAULT_SEQ_WAIT = 3.0
-#: Idle time after which a connection that sends nothing is closed.
-DEFAULT_SOCKET_TIMEOUT = 30.0
-
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -50,37 +43,28 @@ class LocalServer:
     It speaks what the official SDK 0.38.0 sends: sessions, ``create_model``, ``save_weights``,
     ``load_weights`` (both addressings), ``optim_step``, ``retrieve_future``, checkpoint listing,
     deletion and TTLs, plus a signed tar download. Checkpoints survive restarts; sessions and models
-    do not. Use it as a context manager::
+    do not. One root is served by one server at a time: a second one (in any process) fails to start
+    with :class:`~tinkex_persist.exceptions.RootInUseError`. Use it as a context manager::
 
         with LocalServer(tmp_path) as server:
             client = Client(base_url=server.url, api_key="tml-local")
+
+    ``with LocalServer(root).start() as server:`` works too.
 
     Args:
         root: Directory holding the checkpoints (created if missing).
         host: Address to bind; loopback by default.
         port: Port to bind; 0 picks a free one (see :attr:`url`).
         api_key: When set, every request except the signed download must carry it in ``X-API-Key``.
-        certfile: PEM certificate; with ``keyfile`` the server speaks HTTPS.
-        keyfile: PEM private key for ``certfile``.
-        complete_delay: Seconds before each future completes; 0 completes at once.
-        long_poll: Hold pending polls until completion (or ``long_poll_timeout``); when False,
-            answer ``try_again`` at once.
-        long_poll_timeout: Longest hold of a pending poll, in seconds.
-        pending_status: HTTP status of a ``try_again`` answer: 200 or 408.
-        seq_wait: Seconds a request whose seq_id is ahead of the expected one waits for the gap.
-        allow_late_load: Accept ``load_weights`` on a model after its first request.
-        session_load: Accept session-addressed ``load_weights`` (create-from-state); when False, answer
-            400 naming ``session_id`` and ``model_seq_id``, as a server predating it does.
-        future_ttl: Seconds a future's outcome is kept; later polls get 410.
-        archive_url_ttl: Lifetime of a signed download URL, in seconds.
-        max_body: Largest accepted request body in bytes; larger ones get 413.
-        socket_timeout: Idle seconds before a silent connection is closed.
-        clock: Wall clock (epoch seconds) for TTLs and expiries; tests may pass a fake one.
-        client_config: Answer of ``client/config``; by default it turns the SDK's pyqwest transport off.
-        save_hook: Called as ``save_hook(stage, tinker_path)`` at ``files_written``, ``dir_renamed`` and
-            ``index_written`` during each save (used by crash tests).
+        options: Behaviour settings (timings, limits, TLS, test hooks); see :class:`ServerOptions`.
+        **changes: :class:`ServerOptions` fields that override ``options``, e.g. ``complete_delay=0.5``.
+
+    Raises:
+        TypeError: An unknown keyword argument, or an option of the wrong type.
+        ValueError: An option out of range (see :class:`ServerOptions`).
 
     Attributes:
+        options: The :class:`ServerOptions` in effect.
         stats: :class:`Stats`; ``stats.requests[path]`` counts requests per path.
         faults: :class:`FaultQueue` of one-shot injected faults.
         seq_log: ``seq_log[model_id]`` lists the seq_ids a model received, in arrival order.
@@ -93,55 +77,65 @@ class LocalServer:
         port: int = 0,
         api_key: Optional[str] = None,
         *,
-        certfile: Optional[str] = None,
-        keyfile: Optional[str] = None,
-        complete_delay: float = 0.0,
-        long_poll: bool = True,
-        long_poll_timeout: float = DEFAULT_LONG_POLL_TIMEOUT,
-        pending_status: int = 200,
-        seq_wait: float = DEFAULT_SEQ_WAIT,
-        allow_late_load: bool = False,
-        session_load: bool = True,
-        future_ttl: float = 3600.0,
-        archive_url_ttl: float = 3600.0,
-        max_body: int = DEFAULT_MAX_BODY,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-        clock: Callable[[], float] = time.time,
-        client_config: Optional[Dict[str, Any]] = None,
-        save_hook: Optional[Callable[[str, str], None]] = None,
+        options: Optional[ServerOptions] = None,
+        **changes: Any,
     ) -> None:
-        if pending_status not in (200, 408):
-            raise ValueError("pending_status must be 200 or 408, got %r" % (pending_status,))
+        base = ServerOptions() if options is None else options
+        if not isinstance(base, ServerOptions):
+            raise TypeError("options must be a ServerOptions, got %r" % (base,))
+        self.options: ServerOptions = attrs.evolve(base, **changes) if changes else base
         self.root = os.fspath(root)
         self.host = host
         self.port = port
         self.api_key = api_key
-        self.certfile = certfile
-        self.keyfile = keyfile
-        self.max_body = max_body
-        self.socket_timeout = socket_timeout
-        self.client_config = {"use_pyqwest_transport": False} if client_config is None else dict(client_config)
         self.stats = Stats()
         self.faults = FaultQueue()
-        self._opts = {
-            "clock": clock,
-            "complete_delay": complete_delay,
-            "long_poll": long_poll,
-            "long_poll_timeout": long_poll_timeout,
-            "pending_status": pending_status,
-            "seq_wait": seq_wait,
-            "allow_late_load": allow_late_load,
-            "session_load": session_load,
-            "future_ttl": future_ttl,
-            "archive_url_ttl": archive_url_ttl,
-            "save_hook": save_hook,
-        }
         self.service: Optional[Service] = None
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._conns: Set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._prev_sigterm: Any = None
+
+    def __repr__(self) -> str:
+        state = self.url if self._httpd is not None else "stopped"
+        return "<LocalServer %s root=%r%s>" % (state, self.root, " api_key required" if self.api_key else "")
+
+    @property
+    def certfile(self) -> Optional[str]:
+        """PEM certificate of an HTTPS server (``options.certfile``)."""
+        return self.options.certfile
+
+    @property
+    def keyfile(self) -> Optional[str]:
+        """PEM key of an HTTPS server (``options.keyfile``)."""
+        return self.options.keyfile
+
+    @property
+    def max_body(self) -> int:
+        """Largest accepted request body in bytes (``options.max_body``)."""
+        return self.options.max_body
+
+    @property
+    def socket_timeout(self) -> float:
+        """Idle seconds before a silent connection is closed (``options.socket_timeout``)."""
+        return self.options.socket_timeout
+
+    @property
+    def client_config(self) -> Dict[str, Any]:
+        """Answer of ``client/config`` (a copy of ``options.client_config``)."""
+        return dict(self.options.client_config)
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` (or :meth:`bind`) and :meth:`stop`."""
+        return self._httpd is not None
+
+    @property
+    def open_connections(self) -> int:
+        """Number of client connections currently open."""
+        with self._conns_lock:
+            return len(self._conns)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,6 +160,7 @@ class LocalServer:
 
         Raises:
             RuntimeError: The server is already running.
+            RootInUseError: Another server serves the same root.
             OSError: The address cannot be bound.
         """
         self._bind(foreground=True)
@@ -173,15 +168,25 @@ class LocalServer:
     def _bind(self, foreground: bool = True) -> None:
         if self._httpd is not None:
             raise RuntimeError("LocalServer is already running")
-        self.service = Service(CheckpointStore(self.root, self._opts["clock"]), self._opts)
-        cls = _HTTPServer6 if ":" in self.host else _HTTPServer
-        httpd = cls((self.host, self.port), Handler)
+        store = CheckpointStore(self.root, self.options.clock)  # raises RootInUseError before anything is bound
+        try:
+            cls = _HTTPServer6 if ":" in self.host else _HTTPServer
+            httpd = cls((self.host, self.port), Handler)
+        except BaseException:
+            store.close()
+            raise
+        try:
+            if self.options.certfile:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(self.options.certfile, self.options.keyfile)
+                # The handshake runs in the handler thread (Handler.setup), not in the accept loop.
+                httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+        except BaseException:
+            httpd.server_close()
+            store.close()
+            raise
         httpd.local = self
-        if self.certfile:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(self.certfile, self.keyfile)
-            # The handshake runs in the handler thread (Handler.setup), not in the accept loop.
-            httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+        self.service = Service(store, self.options)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         if foreground and threading.current_thread() is threading.main_thread():
@@ -199,6 +204,7 @@ class LocalServer:
 
         Raises:
             RuntimeError: The server is already running.
+            RootInUseError: Another server serves the same root.
             OSError: The address cannot be bound.
         """
         self._bind(foreground=False)
@@ -245,7 +251,8 @@ class LocalServer:
             self.stop()
 
     def __enter__(self) -> "LocalServer":
-        return self.start()
+        # ``with LocalServer(root).start() as server:`` enters a running server: serve on, stop at the end.
+        return self if self.running else self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
@@ -283,7 +290,11 @@ def serve_forever(
         host: Address to bind.
         port: Port to bind; 0 picks a free one.
         api_key: Key every request must carry in ``X-API-Key``; None disables the check.
-        **options: Further :class:`LocalServer` keyword arguments.
+        **options: ``options=`` a :class:`ServerOptions`, or :class:`ServerOptions` fields as keywords.
+
+    Raises:
+        RootInUseError: Another server serves the same root.
+        OSError: The address cannot be bound.
     """
     server = LocalServer(root, host, port, api_key, **options)
     server.bind()
