@@ -165,25 +165,3 @@ class TestSoak:
         """10,000 operations over 50 training clients and 8 threads: no errors, RSS growth <= 20 MB after
         warm-up, threads and fds back to baseline after close(), constant save cost."""
         _check(soak(tmp_path / "root", ops=10000, clients=50, threads=8), tmp_path)
-
-
-class TestStoreScaling:
-    """Tests for the cost of one save as the store grows."""
-
-    def test_save_cost_does_not_grow_with_the_number_of_checkpoints(self, tmp_path):
-        """1,200 saves without deletes: the last ones cost about what the first did (the index is a journal,
-        not a file rewritten per save), and a restart sees every checkpoint."""
-        from tinkex_persist.localserver._store import CheckpointStore
-
-        store = CheckpointStore(str(tmp_path / "root"), time.time)
-        info = {"base_model": "Qwen/Qwen3-8B", "lora_rank": 1, "step": 0}
-        times = []
-        for i in range(1200):
-            t0 = time.perf_counter()
-            store.save("run-%d" % (i % 50), "c%d" % i, b"w" * 2048, b"o" * 4104, info, None, False, None)
-            times.append(time.perf_counter() - t0)
-        store.close()
-        first, last = statistics.median(times[:120]), statistics.median(times[-120:])
-        print("\nstore save: first 10%% %.2f ms, last 10%% %.2f ms" % (first * 1000, last * 1000))
-        assert last < 2 * first + 0.001
-        assert 1200 == len(CheckpointStore(str(tmp_path / "root"), time.time).list())

@@ -402,6 +402,66 @@ def footprint_venv(python: str) -> Tuple[int, float]:
     return len(dists), size / 1e6
 
 
+# --------------------------------------------------------------------------- the embedded server
+
+
+def keep_alive_round_trips(n: int) -> List[float]:
+    """Seconds per keep-alive round trip to a LocalServer (a 404 ``get_info``: no model work)."""
+    import socket
+
+    with LocalServer(scratch_root()) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            conn.request("POST", "/api/v1/get_info", body=b'{"model_id":"x","type":"get_info"}')
+            conn.getresponse().read()
+            times.append(time.perf_counter() - t0)
+        conn.close()
+    return times
+
+
+def connection_burst(n: int) -> float:
+    """Seconds until ``n`` connections opened at once all have their answer (a 1 s stall means a dropped SYN)."""
+    import socket
+
+    with LocalServer(scratch_root()) as server:
+        t0 = time.perf_counter()
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(n)]
+        try:
+            for sock in socks:
+                sock.sendall(b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            for sock in socks:
+                while sock.recv(65536):
+                    pass
+        finally:
+            for sock in socks:
+                sock.close()
+        return time.perf_counter() - t0
+
+
+def store_save_scaling(saves: int) -> Tuple[float, float]:
+    """Median seconds per store save over the first and the last 10 % of ``saves`` saves (no deletes)."""
+    from tinkex_persist.localserver._store import CheckpointStore  # the store alone: no HTTP in the figure
+
+    root = scratch_root()
+    store = CheckpointStore(root, time.time)
+    info = {"base_model": BASE, "lora_rank": 1, "step": 0}
+    times = []
+    try:
+        for i in range(saves):
+            t0 = time.perf_counter()
+            store.save("run-%d" % (i % 50), "c%d" % i, b"w" * 2048, b"o" * 4104, info, None, False, None)
+            times.append(time.perf_counter() - t0)
+    finally:
+        store.close()
+        shutil.rmtree(root, ignore_errors=True)
+    k = max(1, saves // 10)
+    return statistics.median(times[:k]), statistics.median(times[-k:])
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -441,6 +501,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     total = 200 if quick else 1000
     for w, ops_s, peak in throughput(total, 20, (1, 4, 16)):
         print("  max_workers=%-3d %7.0f saves/s   peak threads %d   (%d saves)" % (w, ops_s, peak, total))
+
+    print("\n6. Embedded server: keep-alive round trip, a burst of connections, save cost as the store grows")
+    rtt = keep_alive_round_trips(40 if quick else 400)
+    print("  keep-alive round trip %s   target: median < 5 ms (no delayed-ACK stall): %s"
+          % (fmt_ms(rtt), "met" if statistics.median(rtt) < 0.005 else "MISSED"))
+    burst = connection_burst(100)
+    print("  100 connections at once answered in %6.1f ms   target: < 900 ms (no SYN retransmission): %s"
+          % (burst * 1e3, "met" if burst < 0.9 else "MISSED"))
+    first, last = store_save_scaling(1200)
+    print("  store save, 1,200 saves: first 10%% %.2f ms, last 10%% %.2f ms   target: last < 2 x first + 1 ms: %s"
+          % (first * 1e3, last * 1e3, "met" if last < 2 * first + 0.001 else "MISSED"))
 
     parent = tempfile.mkdtemp(prefix="tp-bench-venvs-")
     try:
