@@ -185,8 +185,11 @@ class TestPackageArchitecture:
                                  "tinkex_persist.api" in graph["tinkex_persist.client"])
 
     def test_ordering_needs_no_transport(self):
-        """Ordered submission imports nothing of the package but its errors: the sender is injected."""
-        assert {"tinkex_persist.exceptions"} == import_graph(PACKAGE)["tinkex_persist._ordering"]
+        """Ordered submission imports nothing of the package but its errors and the retry history (a module
+        that itself imports nothing of the package): the sender is injected."""
+        graph = import_graph(PACKAGE)
+        assert {"tinkex_persist.exceptions", "tinkex_persist._retry"} == graph["tinkex_persist._ordering"]
+        assert set() == graph["tinkex_persist._retry"]
 
 
 class TestChecksFindViolations:

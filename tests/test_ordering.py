@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from tinkex_persist._ordering import ModelQueue
+from tinkex_persist._retry import RequestHistory, Retry, attach
 from tinkex_persist.exceptions import (
     APIConnectionError,
     BadRequestError,
@@ -18,7 +19,8 @@ class Sender:
     """Records every send as ``(path, seq_id, idempotency key)``; answers from a script of outcomes.
 
     ``script`` maps the n-th send (0-based) to an exception to raise, or to ``("lost", exc)``: an attempt
-    whose answer was lost (recorded in ``attempts``) and then ``exc``.
+    whose answer was lost (recorded in the history the error carries) and then ``exc``, or to ``("lost", None)``:
+    a lost answer, then success.
     """
 
     def __init__(self, script: Optional[Dict[int, Any]] = None) -> None:
@@ -26,18 +28,18 @@ class Sender:
         self.sent: List[Tuple[str, int, str]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, path: str, request: Dict[str, Any], key: str, attempts: Optional[List[str]]) -> str:
+    def __call__(self, path: str, request: Dict[str, Any], key: str) -> Tuple[str, Tuple[RequestHistory, ...]]:
         with self.lock:
             n = len(self.sent)
             self.sent.append((path, request["seq_id"], key))
         outcome = self.script.get(n)
+        retry = Retry()
         if isinstance(outcome, tuple):
-            assert attempts is not None
-            attempts.append("ReadTimeout")
+            retry = retry.increment("POST", path, error="read timed out", maybe_applied=True)
             outcome = outcome[1]
         if outcome is not None:
-            raise outcome
-        return "handle-%d" % n
+            raise attach(outcome, retry)
+        return "handle-%d" % n, retry.history
 
 
 def _request(seq_id: int) -> Dict[str, Any]:
@@ -158,3 +160,23 @@ class TestFailures:
                 queue.send_through(s)
         queue.send_through(subs[2])
         assert [("/op0", 1), ("/op0", 1), ("/op0", 1), ("/op2", 2)] == [(p, s) for p, s, _ in sender.sent]
+
+
+class TestHistory:
+    """Each submission keeps the history of its failed attempts, from a success or from the error."""
+
+    def test_success_after_a_lost_answer_is_marked_maybe_applied(self):
+        """A submission whose first attempt lost its answer keeps that attempt, marked as possibly applied."""
+        queue = ModelQueue(Sender({0: ("lost", None)}), "m:train:0")
+        sub = queue.enqueue("/a", _request)
+        assert "handle-0" == queue.send_through(sub)
+        assert (True, ["read timed out"]) == (sub.maybe_applied, [h.error for h in sub.history])
+
+    def test_clean_success_and_clean_failure_are_not(self):
+        """A clean success and a 4xx without earlier attempts have an empty history."""
+        queue = ModelQueue(Sender({1: BadRequestError("no", status_code=400)}), "m:train:0")
+        ok, bad = queue.enqueue("/a", _request), queue.enqueue("/b", _request)
+        queue.send_through(ok)
+        with pytest.raises(BadRequestError):
+            queue.send_through(bad)
+        assert [(False, ()), (False, ())] == [(s.maybe_applied, s.history) for s in (ok, bad)]

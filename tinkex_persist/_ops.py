@@ -2,11 +2,11 @@
 
 import logging
 import time
-from typing import Any, Callable, List, Optional, Type, TypeVar
+from typing import Any, Callable, Optional, Tuple, Type, TypeVar
 
 from . import _wire
 from ._converter import decode, dumps
-from ._retry import Deadline, Retry
+from ._retry import Deadline, History, Retry
 from ._transport import Transport
 from .exceptions import APITimeoutError, DecodeError, PromiseExpiredError, RequestFailedError
 
@@ -26,21 +26,25 @@ LONG_POLL_SECONDS = 1.0
 QueueStateCallback = Callable[[str, str], None]
 
 
-def submit(
-    transport: Transport,
-    path: str,
-    request: Any,
-    *,
-    attempts: Optional[List[str]] = None,
-    idempotency_key: Optional[str] = None,
-) -> _wire.UntypedAPIFuture:
+def submit(transport: Transport, path: str, request: Any, *, idempotency_key: Optional[str] = None) -> _wire.UntypedAPIFuture:
     """POST a typed request and return the server's future handle.
 
     ``idempotency_key`` re-sends an earlier submission under its original ``X-Idempotency-Key``.
     """
+    return submit_recorded(transport, path, request, idempotency_key=idempotency_key)[0]
+
+
+def submit_recorded(
+    transport: Transport, path: str, request: Any, *, idempotency_key: Optional[str] = None
+) -> Tuple[_wire.UntypedAPIFuture, History]:
+    """:func:`submit`, also returning the history of the attempts that failed before the answer.
+
+    A failure carries its history on the raised error (``_retry.retries_of``).
+    """
     headers = {"X-Idempotency-Key": idempotency_key} if idempotency_key else None
-    resp = transport.request("POST", API + path, dumps(request), extra_headers=headers, attempts=attempts, expect_json=True)
-    return decode(resp.json(), _wire.UntypedAPIFuture)
+    resp = transport.request("POST", API + path, dumps(request), extra_headers=headers, expect_json=True)
+    history = resp.retries.history if resp.retries is not None else ()
+    return decode(resp.json(), _wire.UntypedAPIFuture), history
 
 
 def call(transport: Transport, method: str, path: str, request: Any, result_cls: Type[T]) -> T:

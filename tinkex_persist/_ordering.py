@@ -3,35 +3,37 @@
 A :class:`ModelQueue` numbers and sends the submissions of one model. It never touches the network
 itself: the caller injects a ``send`` callable, so the ordering rules are testable without a server.
 
-``send(path, request, idempotency_key, attempts)`` sends one request and returns the server's handle.
-``attempts`` is ``None`` or a list receiving one entry per attempt whose outcome the client does not
-know (the server may have applied it); a non-empty list after a failure makes that failure ambiguous.
+``send(path, request, idempotency_key)`` sends one request and returns the server's handle with the
+history of the attempts that failed before it (``_retry.RequestHistory``); a failure carries its history
+on the raised error (``_retry.retries_of``). An attempt the server may have applied (a lost answer, a
+5xx) makes a failure ambiguous.
 """
 
 import collections
 import logging
 import threading
 import uuid
-from typing import Any, Callable, Deque, Generic, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Deque, Generic, Optional, Tuple, TypeVar
 
+from ._retry import History, maybe_applied, retries_of
 from .exceptions import APIConnectionError, APIStatusError, DecodeError, TinkexPersistError
 
 logger = logging.getLogger(__name__)
 
 H = TypeVar("H")
 
-#: ``send(path, request, idempotency_key, attempts) -> handle``.
-Sender = Callable[[str, Any, str, Optional[List[str]]], H]
+#: ``send(path, request, idempotency_key) -> (handle, history of failed attempts)``.
+Sender = Callable[[str, Any, str], Tuple[H, History]]
 
 
 class Submission(Generic[H]):
     """One queued submission of a model, in call order.
 
-    ``seq_id`` is given when it is sent; ``attempts`` lists its attempts whose outcome was unknown
-    (a save retried after a lost answer uses it to read "already exists" as its own work).
+    ``seq_id`` is given when it is sent; ``history`` records its failed attempts (a save retried after a
+    lost answer uses it to read "already exists" as its own work).
     """
 
-    __slots__ = ("path", "make", "done", "handle", "error", "seq_id", "attempts")
+    __slots__ = ("path", "make", "done", "handle", "error", "seq_id", "history")
 
     def __init__(self, path: str, make: Callable[[int], Any]) -> None:
         self.path = path
@@ -40,7 +42,12 @@ class Submission(Generic[H]):
         self.handle: Optional[H] = None
         self.error: Optional[BaseException] = None
         self.seq_id = 0
-        self.attempts: List[str] = []
+        self.history: History = ()
+
+    @property
+    def maybe_applied(self) -> bool:
+        """True when an attempt the server may have applied failed before the final outcome."""
+        return maybe_applied(self.history)
 
 
 class ModelQueue(Generic[H]):
@@ -97,14 +104,16 @@ class ModelQueue(Generic[H]):
                 item.seq_id = seq_id
                 request, key = item.make(seq_id), uuid.uuid4().hex
                 try:
-                    item.handle = self._send(item.path, request, key, item.attempts)
+                    item.handle, item.history = self._send(item.path, request, key)
                     self._next_seq += 1
                 except BaseException as exc:
                     item.error = exc
+                    retries = retries_of(exc)
+                    item.history = retries.history if retries is not None else ()
                     # A 4xx answer to an unambiguous send means the server did not take the seq_id. After a
                     # lost answer, a 5xx or an undecodable 2xx it may have: that request is re-sent first.
                     if (
-                        item.attempts
+                        item.maybe_applied
                         or isinstance(exc, DecodeError)
                         or isinstance(exc, APIStatusError) and exc.status_code >= 500
                     ):
@@ -126,7 +135,7 @@ class ModelQueue(Generic[H]):
             return None
         path, request, key = self._unresolved
         try:
-            self._send(path, request, key, None)
+            self._send(path, request, key)
         except APIStatusError as exc:
             if exc.status_code >= 500:
                 return self._unresolved_error(exc)

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from datetime import datetime, timezone
-from typing import Any, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, FrozenSet, Mapping, Optional, Tuple, TypeVar
 
 import attrs
 
@@ -239,3 +239,24 @@ class Retry:
         return True
 
     sleep_for_retry = sleep
+
+
+History = Tuple[RequestHistory, ...]
+E = TypeVar("E", bound=BaseException)
+
+
+def attach(exc: E, retry: Retry) -> E:
+    """Record on ``exc`` the policy, with its history, under which the call failed; return ``exc``."""
+    exc.retries = retry  # type: ignore[attr-defined]
+    return exc
+
+
+def retries_of(exc: BaseException) -> Optional[Retry]:
+    """The policy (with its history) under which the call that raised ``exc`` failed, if one was recorded."""
+    retry = getattr(exc, "retries", None)
+    return retry if isinstance(retry, Retry) else None
+
+
+def maybe_applied(history: History) -> bool:
+    """True when an attempt in ``history`` may have been applied by the server."""
+    return any(h.maybe_applied for h in history)

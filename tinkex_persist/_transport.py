@@ -22,7 +22,7 @@ import requests.utils
 from requests.structures import CaseInsensitiveDict
 
 from ._version import __version__
-from ._retry import RETRY_STATUSES, Deadline, Retry, parse_retry_after
+from ._retry import RETRY_STATUSES, Deadline, Retry, attach, parse_retry_after
 from ._wire import WIRE_SDK_VERSION
 from .config import ENV_API_KEY, Config
 from .exceptions import (
@@ -205,12 +205,6 @@ class Transport:
 
     # ------------------------------------------------------------------ requests
 
-    def send_once(
-        self, method: str, path: str, body: Optional[bytes] = None, **kwargs: Any
-    ) -> Tuple[Response, None]:
-        """:meth:`send` kept in its earlier form, a (response, None) pair."""
-        return self.send(method, path, body, **kwargs), None
-
     def send(
         self,
         method: str,
@@ -273,6 +267,10 @@ class Transport:
         )
         return resp
 
+    def note_failure(self, retry: Retry, method: str, path: str, exc: APIConnectionError) -> Retry:
+        """``retry`` incremented for an attempt that got no answer; raise ``exc`` at once if it cannot heal."""
+        return note_failure(retry, method, path, exc, exc.__cause__, self._host, self._port)
+
     def request(
         self,
         method: str,
@@ -283,7 +281,6 @@ class Transport:
         extra_headers: Optional[Mapping[str, str]] = None,
         deadline: Optional[Deadline] = None,
         ok_statuses: Tuple[int, ...] = (),
-        attempts: Optional[List[str]] = None,
         expect_json: bool = False,
         retry: Optional[Retry] = None,
     ) -> Response:
@@ -294,9 +291,8 @@ class Transport:
         back-off, honouring ``Retry-After``; errors that cannot heal (an unknown host, a TLS failure) are
         not; a refused connection only for ``config.connect_patience``. Every attempt resends the same body
         and the same ``X-Idempotency-Key``. The returned response's ``retries``, and the raised error's
-        (see :func:`retries_of`), hold the history of failed attempts, each marked with whether the server
-        may have applied it. ``attempts``, when given, receives the outcomes of those that may have been.
-        With ``expect_json``, a 2xx answer whose body is not JSON (a proxy's error page, a body cut short)
+        (see :func:`_retry.retries_of`), hold the history of failed attempts, each marked with whether the
+        server may have applied it. With ``expect_json``, a 2xx answer whose body is not JSON (a proxy's error page, a body cut short)
         is retried like a lost answer.
         """
         cfg = self.config
@@ -310,12 +306,7 @@ class Transport:
                 resp = self.send(method, path, body, timeout=timeout, headers=headers, deadline=retry.deadline)
             except APIConnectionError as exc:
                 failure: TinkexPersistError = exc
-                kind, cause = describe_failure(exc.__cause__, self._host, self._port)
-                retry = retry.increment(
-                    method, path, error=cause, maybe_applied=kind not in NOT_SENT, unreachable=kind in UNREACHABLE
-                )
-                if kind in PERMANENT:
-                    raise _with_history(failure, retry, attempts)
+                retry = self.note_failure(retry, method, path, exc)
             else:
                 decode_error = _not_json(resp) if expect_json else None
                 if decode_error is not None:
@@ -323,7 +314,6 @@ class Transport:
                     retry = retry.increment(method, path, error="answer is not JSON", status=resp.status, maybe_applied=True)
                 elif resp.status < 300 or resp.status in ok_statuses:
                     resp.retries = retry
-                    _fill(attempts, retry)
                     return resp
                 else:
                     failure = status_error(resp)
@@ -331,9 +321,9 @@ class Transport:
                         method, path, status=resp.status, maybe_applied=resp.status >= 500, headers=resp.headers
                     )
                     if not retry.is_retry(resp.status):
-                        raise _with_history(failure, retry, attempts)
+                        raise attach(failure, retry)
             if retry.is_exhausted() or not retry.sleep():
-                raise _with_history(failure, retry, attempts)
+                raise attach(failure, retry)
 
 
 #: Shortest read timeout an attempt gets near its deadline, in seconds.
@@ -411,6 +401,18 @@ def _names(e: BaseException) -> List[str]:
     return [c.__name__ for c in type(e).__mro__]
 
 
+def note_failure(
+    retry: Retry, method: str, path: str, exc: BaseException, cause: Optional[BaseException], host: str, port: int
+) -> Retry:
+    """``retry`` incremented for a failure without an answer (``cause`` is the requests error, which may be
+    ``exc`` itself); raise ``exc``, with the history attached, if the failure cannot heal."""
+    kind, text = describe_failure(cause, host, port)
+    retry = retry.increment(method, path, error=text, maybe_applied=kind not in NOT_SENT, unreachable=kind in UNREACHABLE)
+    if kind in PERMANENT:
+        raise attach(exc, retry)
+    return retry
+
+
 def describe_failure(exc: Optional[BaseException], host: str, port: int) -> Tuple[str, str]:
     """The kind of a failure without an answer and a one-line cause naming it, e.g. ``connection refused to 127.0.0.1:1``."""
     chain = list(_chain(exc))
@@ -446,23 +448,6 @@ def describe_failure(exc: Optional[BaseException], host: str, port: int) -> Tupl
         return BROKEN, "the answer from %s was cut short" % where
     last = chain[-1] if chain else exc
     return BROKEN, "connection to %s broken (%s)" % (where, type(last).__name__)
-
-
-def retries_of(exc: BaseException) -> Optional[Retry]:
-    """The retry policy (with its history) that ended in ``exc``, if the transport raised it."""
-    retry = getattr(exc, "retries", None)
-    return retry if isinstance(retry, Retry) else None
-
-
-def _with_history(exc: TinkexPersistError, retry: Retry, attempts: Optional[List[str]]) -> TinkexPersistError:
-    exc.retries = retry  # type: ignore[attr-defined]
-    _fill(attempts, retry)
-    return exc
-
-
-def _fill(attempts: Optional[List[str]], retry: Retry) -> None:
-    if attempts is not None:
-        attempts.extend(h.error or str(h.status) for h in retry.history if h.maybe_applied)
 
 
 def _not_json(resp: Response) -> Optional[DecodeError]:

@@ -14,6 +14,7 @@ from . import _ops, _paths, _wire
 from ._converter import dumps
 from ._paths import TinkerPath, parse_path
 from ._time import parse_time
+from ._retry import retries_of
 from ._transport import Transport
 from .client import Runner, ServiceClient, runner_of
 from .exceptions import CheckpointDeleteError, NotFoundError, TinkexPersistError, UsageError
@@ -164,13 +165,13 @@ def _list_pages(transport: Transport, limit: Optional[int], page_size: int) -> L
 
 def _delete_one(transport: Transport, tp: TinkerPath, size: Optional[int]) -> DeleteOutcome:
     path = str(tp)
-    attempts: List[str] = []
     try:
-        transport.request("DELETE", _ops.API + tp.api_path, attempts=attempts)
+        transport.request("DELETE", _ops.API + tp.api_path)
     except NotFoundError as exc:
-        if attempts:
+        retries = retries_of(exc)
+        if retries is not None and retries.maybe_applied:
             # An earlier attempt whose answer was lost deleted it: the 404 is this call's own work.
-            logger.debug("deleted %s (404 after %s)", path, attempts)
+            logger.debug("deleted %s (404 after %s)", path, [h.error or h.status for h in retries.history])
             return DeleteOutcome(path=path, status="deleted", size_bytes=size)
         return DeleteOutcome(path=path, status="not_found", error=exc, size_bytes=size)
     except TinkexPersistError as exc:

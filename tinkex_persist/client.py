@@ -10,11 +10,12 @@ package's internal interface to the clients.
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
 from . import _ops, _paths, _wire
 from ._ordering import ModelQueue, Submission
 from ._paths import parse_path
+from ._retry import History
 from ._transport import Transport
 from .config import Config
 from .exceptions import (
@@ -370,8 +371,8 @@ class TrainingClient:
     def __repr__(self) -> str:
         return "<TrainingClient model_id=%r>" % self.model_id
 
-    def _send(self, path: str, request: Any, idempotency_key: str, attempts: Optional[List[str]]) -> _wire.UntypedAPIFuture:
-        return _ops.submit(self.service._transport, path, request, attempts=attempts, idempotency_key=idempotency_key)
+    def _send(self, path: str, request: Any, idempotency_key: str) -> Tuple[_wire.UntypedAPIFuture, History]:
+        return _ops.submit_recorded(self.service._transport, path, request, idempotency_key=idempotency_key)
 
     def _finish(self, submission: Submission[_wire.UntypedAPIFuture], result_cls: Type[T], request_type: str) -> T:
         """Send in order, then poll for the result (inside a worker)."""
@@ -430,10 +431,13 @@ class TrainingClient:
             except (RequestFailedError, APIStatusError) as exc:
                 if not _is_exists_error(exc) or overwrite:
                     raise
-                if pending.attempts:
+                if pending.maybe_applied:
                     # An earlier attempt of this very call may have been committed before its answer was
                     # lost; the name existing now is that save.
-                    logger.debug("save of %s retried after %s; treating 'already exists' as committed", expected, pending.attempts)
+                    logger.debug(
+                        "save of %s retried after %s; treating 'already exists' as committed",
+                        expected, [h.error or h.status for h in pending.history if h.maybe_applied],
+                    )
                     return SaveStateResult(path=expected, model_id=self.model_id, seq_id=pending.seq_id)
                 raise CheckpointExistsError(
                     "checkpoint %s already exists; pass overwrite=True to replace it, or choose another name" % expected,

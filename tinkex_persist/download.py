@@ -19,7 +19,8 @@ import requests
 from . import _ops, _paths
 from ._archive import safe_extract
 from ._paths import TinkerPath, parse_path
-from ._transport import USER_AGENT, Deadline, Transport, parse_retry_after, status_error
+from ._retry import Deadline, Retry, attach
+from ._transport import PERMANENT, UNREACHABLE, USER_AGENT, Transport, describe_failure, status_error
 from .client import ServiceClient, runner_of
 from .config import is_loopback_host
 from .exceptions import (
@@ -70,14 +71,21 @@ def _archive_url(
     cfg = transport.config
     api_path = _ops.API + tp.api_path + "/archive"
     start = time.monotonic()
-    deadline = Deadline(wait)
-    attempt = 0
+    retry = Retry(
+        total=None,
+        backoff_factor=cfg.backoff_factor,
+        backoff_max=min(cfg.backoff_max, ARCHIVE_POLL_MAX),
+        jitter=False,
+        status_forcelist=frozenset(_NOT_READY),
+        patience=cfg.connect_patience,
+        deadline=Deadline(wait),
+    )
     while True:
         try:
-            resp, _ = transport.send_once("GET", api_path)
+            resp = transport.send("GET", api_path)
         except APIConnectionError as exc:
             failure: TinkexPersistError = exc
-            retry_after = None
+            retry = transport.note_failure(retry, "GET", api_path, exc)
         else:
             if resp.status in _REDIRECTS:
                 location = resp.headers.get("Location")
@@ -97,25 +105,24 @@ def _archive_url(
                     "GET %s -> 200 without a redirect or a url" % api_path, method="GET", url=api_path
                 )
             failure = status_error(resp)
-            if resp.status not in _NOT_READY:
-                raise failure
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        delay = retry_after
-        if delay is None:
-            delay = min(cfg.backoff_max, cfg.backoff_factor * (2 ** attempt))
-        delay = min(delay, ARCHIVE_POLL_MAX)
+            retry = retry.increment("GET", api_path, status=resp.status, headers=resp.headers)
+            if not retry.is_retry(resp.status):
+                raise attach(failure, retry)
+        delay = min(retry.next_wait(), ARCHIVE_POLL_MAX)
         waited = time.monotonic() - start
-        if delay > deadline.remaining():
-            raise APITimeoutError(
-                "archive of %s not ready after %.0f s (%d checks; last: %s)" % (tp, waited, attempt + 1, failure),
-                method="GET",
-                url=api_path,
+        if retry.is_exhausted() or delay > retry.time_left():
+            raise attach(
+                APITimeoutError(
+                    "archive of %s not ready after %.0f s (%d checks; last: %s)" % (tp, waited, retry.failures, failure),
+                    method="GET",
+                    url=api_path,
+                ),
+                retry,
             ) from failure
         logger.debug("archive of %s not ready (%s); checking again in %.2fs", tp, failure, delay)
         if progress is not None:
             progress(DownloadProgress(phase="waiting", elapsed=waited, waited=waited))
-        time.sleep(delay)
-        attempt += 1
+        retry.sleep(delay)
 
 
 def _header(headers: Any, names: Sequence[str]) -> Optional[str]:
@@ -263,22 +270,28 @@ def _download_archive(
     session.headers.update({"User-Agent": USER_AGENT, "Accept": "*/*"})
     session.trust_env = not is_loopback_host(urlsplit(url).hostname)
     session.verify = cfg.verify
-    failures = 0
+    # Resumes follow the one policy: at once (the server answered a moment ago), at most ``resumes`` times.
+    retry = Retry(total=resumes, backoff_factor=0, patience=cfg.connect_patience)
     refreshed = False
     try:
         while True:
             try:
                 status = _fetch_once(session, url, state, cfg.timeout, progress, started)
             except (requests.RequestException, ConnectionError) as exc:
-                failures += 1
                 have = os.path.getsize(part) if os.path.exists(part) else 0
-                if failures > resumes:
-                    raise DownloadError(
-                        "download of %s broke off at byte %d of %s (%s); %d resume(s) tried; call again to resume"
-                        % (tp, have, state.total if state.total is not None else "?", type(exc).__name__, resumes),
-                        partial_path=part,
+                parts = urlsplit(url)
+                kind, cause = describe_failure(exc, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+                retry = retry.increment("GET", _safe_url(url), error=cause, unreachable=kind in UNREACHABLE)
+                if kind in PERMANENT or retry.is_exhausted() or not retry.sleep():
+                    raise attach(
+                        DownloadError(
+                            "download of %s broke off at byte %d of %s (%s); %d resume(s) tried; call again to resume"
+                            % (tp, have, state.total if state.total is not None else "?", cause, retry.failures - 1),
+                            partial_path=part,
+                        ),
+                        retry,
                     ) from exc
-                logger.debug("download of %s broke off at byte %d (%s); resuming", tp, have, type(exc).__name__)
+                logger.debug("download of %s broke off at byte %d (%s); resuming", tp, have, cause)
                 continue
             if status in _SIGNED_URL_EXPIRED and not refreshed:
                 # Signed URLs expire; ask the API for a fresh one once.
@@ -291,11 +304,14 @@ def _download_archive(
             have = os.path.getsize(part)
             if state.total is None or have >= state.total:
                 return state
-            failures += 1
-            if failures > resumes:
-                raise DownloadError(
-                    "download of %s stopped at byte %d of %d; call again to resume" % (tp, have, state.total),
-                    partial_path=part,
+            retry = retry.increment("GET", _safe_url(url), error="answer ended at byte %d of %d" % (have, state.total))
+            if retry.is_exhausted() or not retry.sleep():
+                raise attach(
+                    DownloadError(
+                        "download of %s stopped at byte %d of %d; call again to resume" % (tp, have, state.total),
+                        partial_path=part,
+                    ),
+                    retry,
                 )
     finally:
         session.close()
