@@ -11,6 +11,7 @@ from .api import (  # noqa: E402
     load_state_with_optimizer,
     save_state,
 )
+from .checkpointer import Checkpointer, Resume, ResumePlan  # noqa: E402
 from .client import ServiceClient, TrainingClient  # noqa: E402
 from .config import Config  # noqa: E402
 from .exceptions import (  # noqa: E402
@@ -67,6 +68,7 @@ __all__ = (
     "CheckpointDeleteError",
     "CheckpointExistsError",
     "CheckpointInfo",
+    "Checkpointer",
     "Config",
     "ConfigError",
     "ConflictError",
@@ -89,6 +91,8 @@ __all__ = (
     "PromiseExpiredError",
     "RateLimitError",
     "RequestFailedError",
+    "Resume",
+    "ResumePlan",
     "RetentionReport",
     "SaveStateResult",
     "ServiceClient",
