@@ -28,7 +28,7 @@ class TestStrictPrimitives:
     def test_wrong_primitive_type_is_rejected(self, field, value):
         """A value of the wrong JSON type is refused with the field's path in the message."""
         with pytest.raises(DecodeError) as info:
-            _converter.decode(dict(SAVE, **{field: value}), _wire.SaveWeightsRequest)
+            _converter.decode_request(dict(SAVE, **{field: value}), _wire.SaveWeightsRequest)
         assert "$.%s" % field in str(info.value)
         assert 1 == len(info.value.errors)
 
@@ -41,7 +41,7 @@ class TestStrictPrimitives:
     def test_missing_required_key_is_named(self):
         """A missing required key is reported by its path."""
         with pytest.raises(DecodeError) as info:
-            _converter.decode({"model_id": "m", "path": "tinker://m/weights/a"}, _wire.LoadWeightsRequest)
+            _converter.decode_request({"model_id": "m", "path": "tinker://m/weights/a"}, _wire.LoadWeightsRequest)
         assert ["required field missing @ $.optimizer"] == info.value.errors
 
     def test_non_object_is_rejected(self):
@@ -64,7 +64,7 @@ class TestStrictPrimitives:
         """Every problem in a nested body is listed, not just the first."""
         body = {"session_id": "s", "model_seq_id": "0", "base_model": "b", "lora_config": {"rank": "8"}}
         with pytest.raises(DecodeError) as info:
-            _converter.decode(body, _wire.CreateModelRequest)
+            _converter.decode_request(body, _wire.CreateModelRequest)
         assert 2 == len(info.value.errors)
         assert any("$.lora_config.rank" in e for e in info.value.errors)
 
@@ -72,12 +72,25 @@ class TestStrictPrimitives:
 class TestConverterInstances:
     """Tests for converter construction."""
 
-    def test_make_converter_returns_fresh_independent_instances(self):
-        """Each call builds a new converter, and it encodes like the shared one."""
-        c1, c2 = _converter.make_converter(), _converter.make_converter()
+    @pytest.mark.parametrize("direction", [_converter.REQUEST, _converter.RESPONSE])
+    def test_make_converter_returns_fresh_independent_instances(self, direction):
+        """Each call builds a new converter of its direction, and it encodes like the shared one."""
+        c1, c2 = _converter.make_converter(direction), _converter.make_converter(direction)
         assert c1 is not c2
         req = _wire.GetInfoRequest(model_id="m")
-        assert c1.unstructure(req) == _converter.encode(req)
+        assert _converter.shared_converter(direction).unstructure(req) == c1.unstructure(req)
+
+    def test_the_shared_converters_are_built_once(self):
+        """Each direction has one process-wide converter, distinct from the other direction's."""
+        request = _converter.shared_converter(_converter.REQUEST)
+        assert request is _converter.shared_converter(_converter.REQUEST)
+        assert request is not _converter.shared_converter(_converter.RESPONSE)
+
+    def test_unknown_direction_is_refused(self):
+        """Only the two directions exist."""
+        with pytest.raises(ValueError) as info:
+            _converter.make_converter("both")
+        assert "'both'" in str(info.value)
 
     def test_unknown_response_keys_are_logged_once_at_debug(self, caplog):
         """Dropped response keys are logged at DEBUG, once per class."""

@@ -40,7 +40,7 @@ class TestRequestVectors:
     def test_decode_then_encode_is_byte_identical(self, path):
         """Decoding a captured body and encoding it again gives the SDK's exact bytes, key order included."""
         body = json.loads(path.read_text())["body"]
-        obj = _converter.decode(body, _cls(path))
+        obj = _converter.decode_request(body, _cls(path))
         assert _sdk_bytes(body) == _converter.dumps(obj)
 
     @pytest.mark.parametrize("path", REQUESTS, ids=lambda p: p.stem)
@@ -48,14 +48,14 @@ class TestRequestVectors:
         """A request with one extra key is refused, naming the key."""
         body = dict(json.loads(path.read_text())["body"], surplus_key=1)
         with pytest.raises(DecodeError) as info:
-            _converter.decode(body, _cls(path))
+            _converter.decode_request(body, _cls(path))
         assert "surplus_key" in str(info.value)
 
     def test_load_optimizer_state_is_rejected(self):
         """The mis-keyed ``load_optimizer_state`` body is refused; ``optimizer`` is the only accepted key."""
         body = {"model_id": "m", "seq_id": 1, "path": "tinker://m/weights/a", "load_optimizer_state": True, "type": "load_weights"}
         with pytest.raises(DecodeError) as info:
-            _converter.decode(body, _wire.LoadWeightsRequest)
+            _converter.decode_request(body, _wire.LoadWeightsRequest)
         assert "load_optimizer_state" in str(info.value)
 
     @pytest.mark.parametrize("optimizer", [False, True])

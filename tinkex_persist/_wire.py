@@ -4,9 +4,20 @@ Attribute names equal wire names. The converter (``_converter.py``) builds its h
 so a class or field missing from the table cannot be encoded, and a renamed attribute fails a test.
 Field order follows the official SDK 0.38.0, so encoded bodies are byte-identical to its requests.
 Classes are not slotted: building ~30 slotted classes costs ~8 ms more at import (see tools/bench.py).
+
+Strictness belongs to the direction, not to the class: a class here is neither "a request" nor "a
+response". Whatever is sent as a request is encoded, and decoded by the local server, strictly (unknown
+keys rejected at every depth); whatever arrives as an answer is decoded tolerantly (unknown keys ignored
+at every depth). Known keys keep their strict primitive types in both directions.
+
+To add a wire class: define it below (``@attrs.frozen(kw_only=True, slots=False)``, attribute names equal
+to the JSON keys, fields in the official SDK's order) and list every one of its fields in ``KEYS``.
+Nothing else: both converters pick it up from the table, and ``tests/test_wire_golden.py`` checks the
+table against the class. Add ``SEND_NULL`` only for a request field the SDK sends as ``null``, and map an
+attribute to ``OTHER_KEYS`` only for an open object whose unknown keys must be kept, not dropped.
 """
 
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 
@@ -40,10 +51,16 @@ class LoraConfig:
 
 @attrs.frozen(kw_only=True, slots=False)
 class OptimizerConfig:
-    """Optimizer family of a training model, fixed at creation (``create_model``, ``weights_info``)."""
+    """Optimizer family of a training model, fixed at creation (``create_model``, ``weights_info``, ``get_info``).
+
+    An open object, as the SDK's ``OptimizerConfigBase`` (``extra="allow"``): a family may carry more keys
+    (``{"type": "dimuon", "version": 1}``), and they are kept as given in both directions, not dropped.
+    """
 
     type: str = "adamw"
     """Family name; the server may add families, so this is a plain ``str``."""
+    extra: Dict[str, Any] = attrs.field(factory=dict)
+    """The family's other keys (e.g. dimuon's ``version``), as given; encoded after ``type``. Empty for adamw."""
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -84,7 +101,7 @@ class ModelData:
     """Tokenizer to use with the model."""
 
 
-# --------------------------------------------------------------------------- requests (strict)
+# --------------------------------------------------------------------------- requests
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -232,7 +249,7 @@ class SetTtlRequest:
     """New lifetime in seconds from now; ``None`` (sent as ``null``) removes the expiry."""
 
 
-# --------------------------------------------------------------------------- responses (tolerant)
+# --------------------------------------------------------------------------- responses
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -379,10 +396,13 @@ def _identity(*names: str) -> Dict[str, str]:
     return {name: name for name in names}
 
 
+#: Key-table value of the one attribute of an open object that holds every key not named in the table.
+OTHER_KEYS = "*"
+
 #: Every field of every wire class -> its JSON key. The converter knows no class outside this table.
 KEYS: Mapping[type, Mapping[str, str]] = {
     LoraConfig: _identity("rank", "seed", "train_unembed", "train_mlp", "train_attn"),
-    OptimizerConfig: _identity("type"),
+    OptimizerConfig: {"type": "type", "extra": OTHER_KEYS},
     AdamParams: _identity("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm"),
     FinishReason: _identity("type"),
     ModelData: _identity("arch", "model_name", "tokenizer_id"),
@@ -440,29 +460,9 @@ KEYS: Mapping[type, Mapping[str, str]] = {
     CheckpointsListResponse: _identity("checkpoints", "cursor"),
 }
 
-#: Classes whose decoding rejects unknown keys: everything a client sends (and nested values of requests).
-STRICT: FrozenSet[type] = frozenset(
-    {
-        LoraConfig,
-        OptimizerConfig,
-        AdamParams,
-        FinishReason,
-        ClientConfigRequest,
-        CreateSessionRequest,
-        SessionHeartbeatRequest,
-        FinishSessionRequest,
-        CreateModelRequest,
-        GetInfoRequest,
-        SaveWeightsRequest,
-        LoadWeightsRequest,
-        RetrieveFutureRequest,
-        WeightsInfoRequest,
-        OptimStepRequest,
-        SetTtlRequest,
-    }
-)
 
-#: Fields sent as ``null`` when None (the official SDK does); every other None-valued request field is omitted.
+#: Request fields sent as ``null`` when None (the official SDK does); every other None-valued request field is
+#: omitted. Answers carry every field, None as ``null``, as the service's own answers do.
 SEND_NULL: Mapping[type, Tuple[str, ...]] = {
     FinishSessionRequest: ("detail",),
     SetTtlRequest: ("ttl_seconds",),

@@ -167,7 +167,7 @@ class Handler(BaseHTTPRequestHandler):
         req = None
         if cls is not None:
             try:
-                req = _converter.decode(data, cls)
+                req = _converter.decode_request(data, cls)
             except DecodeError as exc:
                 raise HTTPError(400, exc.message, errors=exc.errors) from None
         if fn in SUBMITS:

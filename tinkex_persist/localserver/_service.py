@@ -1,7 +1,9 @@
 """Protocol state of the local server: sessions, models, futures, seq_id ordering, replays, stats and faults.
 
 Every endpoint is a method taking a decoded ``_wire`` request and returning a JSON-able answer, or raising
-:class:`HTTPError`. Operations run when submitted; their futures complete at once or after ``complete_delay``.
+:class:`HTTPError`. Answers are built as ``_wire`` response objects and encoded by the response converter
+(:func:`_answer_json`), so one key table pins both what clients send and what this server answers.
+Operations run when submitted; their futures complete at once or after ``complete_delay``.
 """
 
 import base64
@@ -16,11 +18,11 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .. import _paths, _wire
+from .. import _converter, _paths, _wire
 from ..exceptions import UsageError
 from ._model import ModelState
 from ._options import ServerOptions
-from ._store import CheckpointStore, StoreError, checkpoint_json
+from ._store import CheckpointStore, StoreError, checkpoint_wire
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,15 @@ class _Model:
         self.lora = lora
         self.next_seq = 1
         self.replays: Dict[int, Tuple[str, Dict[str, Any], Dict[str, Any]]] = {}
+
+
+def _answer_json(obj: Any) -> Dict[str, Any]:
+    """Return the JSON form of a ``_wire`` answer, exactly as the service sends it."""
+    return _converter.encode_response(obj)
+
+
+def _failed(exc: "UserError") -> Dict[str, Any]:
+    return _answer_json(_wire.RequestFailedResponse(error=str(exc), category="user"))
 
 
 def canonical(data: Any) -> str:
@@ -163,10 +174,11 @@ class Service:
                     self._cond.wait(remaining)
             if fut.done:
                 return 200, fut.outcome
-        return self.options.pending_status, {"type": "try_again", "request_id": fut.id, "queue_state": "active"}
+        pending = _wire.TryAgainResponse(request_id=fut.id, queue_state="active")
+        return self.options.pending_status, _answer_json(pending)
 
     def _answer(self, model_id: str, outcome: Dict[str, Any]) -> Dict[str, Any]:
-        return {"request_id": self._new_future(outcome).id, "model_id": model_id}
+        return _answer_json(_wire.UntypedAPIFuture(request_id=self._new_future(outcome).id, model_id=model_id))
 
     def _replayed(self, answer: Dict[str, Any], outcome: Dict[str, Any]) -> Dict[str, Any]:
         # The original answer, unless its future has expired: then the same outcome under a new id.
@@ -200,7 +212,7 @@ class Service:
         with self._cond:
             sid = str(uuid.uuid4())
             self._sessions[sid] = {"finished": False, "submits": {}, "tags": list(req.tags)}
-        return {"type": "create_session", "session_id": sid}
+        return _answer_json(_wire.CreateSessionResponse(session_id=sid, type="create_session"))
 
     def _session(self, sid: str, *, live: bool = True) -> Dict[str, Any]:
         session = self._sessions.get(sid)
@@ -242,7 +254,7 @@ class Service:
         try:
             outcome = create(model_id)
         except UserError as exc:
-            outcome = {"error": str(exc), "category": "user"}
+            outcome = _failed(exc)
         answer = self._answer(model_id, outcome)
         session["submits"][model_seq_id] = (key, answer, outcome)
         return answer
@@ -260,7 +272,7 @@ class Service:
             flags = {"train_unembed": lora.train_unembed, "train_mlp": lora.train_mlp, "train_attn": lora.train_attn}
             state = ModelState(req.base_model, lora.rank, lora.seed)
             self._models[model_id] = _Model(model_id, req.session_id, state, flags)
-            return {"model_id": model_id, "type": "create_model"}
+            return _answer_json(_wire.CreateModelResponse(model_id=model_id, type="create_model"))
 
         with self._cond:
             return self._session_submit(req.session_id, req.model_seq_id, key, create)
@@ -269,15 +281,17 @@ class Service:
         with self._cond:
             model = self._model(req.model_id)
         base = model.state.base_model
-        return {
-            "type": "get_info",
-            "model_data": {"arch": base.split("/")[-1].split("-")[0].lower(), "model_name": base, "tokenizer_id": base},
-            "model_id": model.id,
-            "optimizer_config": {"type": "adamw"},
-            "is_lora": True,
-            "lora_rank": model.state.rank,
-            "model_name": base,
-        }
+        data = _wire.ModelData(arch=base.split("/")[-1].split("-")[0].lower(), model_name=base, tokenizer_id=base)
+        info = _wire.GetInfoResponse(
+            model_id=model.id,
+            type="get_info",
+            model_data=data,
+            optimizer_config=_wire.OptimizerConfig(),
+            is_lora=True,
+            lora_rank=model.state.rank,
+            model_name=base,
+        )
+        return _answer_json(info)
 
     def model_info(self, model_id: str) -> Dict[str, Any]:
         """Return the inspection view of a model: step, digests and the next expected seq_id."""
@@ -339,7 +353,7 @@ class Service:
             try:
                 outcome = op(model)
             except UserError as exc:
-                outcome = {"error": str(exc), "category": "user"}
+                outcome = _failed(exc)
             answer = self._answer(model_id, outcome)
             if seq_id is not None:
                 model.replays[seq_id] = (key, answer, outcome)
@@ -378,7 +392,7 @@ class Service:
                 )
             except StoreError as exc:
                 raise UserError(str(exc)) from None
-            return {"path": entry["tinker_path"], "type": "save_weights"}
+            return _answer_json(_wire.SaveWeightsResponse(path=entry["tinker_path"], type="save_weights"))
 
         return self._submit(req.model_id, req.seq_id, key, op)
 
@@ -423,7 +437,7 @@ class Service:
                 if req.optimizer_config is not None:
                     raise UserError("optimizer_config cannot be changed on an existing model")
                 self._restore(model, self._checkpoint(req.path), req.optimizer)
-                return {"path": req.path, "model_id": model.id, "type": "load_weights"}
+                return _answer_json(_wire.LoadWeightsResponse(path=req.path, model_id=model.id, type="load_weights"))
 
             return self._submit(req.model_id, req.seq_id, key, op)
 
@@ -440,7 +454,7 @@ class Service:
             model = _Model(model_id, req.session_id, ModelState(base, entry["lora_rank"]), flags)  # type: ignore[arg-type]
             self._restore(model, entry, req.optimizer)
             self._models[model_id] = model
-            return {"path": req.path, "model_id": model_id, "type": "load_weights"}
+            return _answer_json(_wire.LoadWeightsResponse(path=req.path, model_id=model_id, type="load_weights"))
 
         with self._cond:
             return self._session_submit(req.session_id, req.model_seq_id, key, create)  # type: ignore[arg-type]
@@ -452,7 +466,7 @@ class Service:
             if p.learning_rate < 0 or not (0 <= p.beta1 < 1 and 0 <= p.beta2 < 1) or p.eps < 0:
                 raise UserError("adam_params out of range: %r" % (p,))
             metrics = model.state.adamw_step(p.learning_rate, p.beta1, p.beta2, p.eps, p.weight_decay, p.grad_clip_norm)
-            return {"metrics": metrics}
+            return _answer_json(_wire.OptimStepResponse(metrics=metrics))
 
         return self._submit(req.model_id, req.seq_id, key, op)
 
@@ -463,9 +477,16 @@ class Service:
             entry = self._checkpoint(req.tinker_path)
         except UserError as exc:
             raise HTTPError(404, str(exc)) from None
-        out = {"base_model": entry["base_model"], "optimizer_config": {"type": "adamw"}, "is_lora": True}
-        out.update((k, entry[k]) for k in ("lora_rank", "train_unembed", "train_mlp", "train_attn"))
-        return out
+        info = _wire.WeightsInfoResponse(
+            base_model=entry["base_model"],
+            optimizer_config=_wire.OptimizerConfig(),
+            is_lora=True,
+            lora_rank=entry["lora_rank"],
+            train_unembed=entry["train_unembed"],
+            train_mlp=entry["train_mlp"],
+            train_attn=entry["train_attn"],
+        )
+        return _answer_json(info)
 
     def list_run(self, run_id: str) -> Dict[str, Any]:
         entries = self.store.list(run_id)
@@ -473,15 +494,13 @@ class Service:
             known = run_id in self._models
         if not entries and not known and run_id not in self.store.run_ids():
             raise HTTPError(404, "training run %s not found" % run_id)
-        return {"checkpoints": [checkpoint_json(e) for e in entries]}
+        return _answer_json(_wire.CheckpointsListResponse(checkpoints=[checkpoint_wire(e) for e in entries]))
 
     def list_user(self, limit: int, offset: int) -> Dict[str, Any]:
         entries = self.store.list()
         page = entries[offset : offset + limit]
-        return {
-            "checkpoints": [checkpoint_json(e) for e in page],
-            "cursor": {"offset": offset, "limit": limit, "total_count": len(entries)},
-        }
+        cursor = _wire.Cursor(offset=offset, limit=limit, total_count=len(entries))
+        return _answer_json(_wire.CheckpointsListResponse(checkpoints=[checkpoint_wire(e) for e in page], cursor=cursor))
 
     @staticmethod
     def tinker_path(run_id: str, kind: str, name: str) -> str:

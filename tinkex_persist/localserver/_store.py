@@ -22,9 +22,9 @@ import tarfile
 import threading
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, overload
 
-from .. import _paths
+from .. import _paths, _wire
 from ..exceptions import RootInUseError, UsageError
 
 try:
@@ -46,6 +46,14 @@ LOCK_FILE = "lock"
 
 class StoreError(Exception):
     """A checkpoint operation failed for a reason the caller can fix."""
+
+
+@overload
+def iso(ts: float) -> str: ...
+
+
+@overload
+def iso(ts: Optional[float]) -> Optional[str]: ...
 
 
 def iso(ts: Optional[float]) -> Optional[str]:
@@ -428,15 +436,15 @@ class CheckpointStore:
             return result
 
 
-def checkpoint_json(entry: Dict[str, Any]) -> Dict[str, Any]:
-    """Return the wire form of one checkpoint (``Checkpoint`` in the SDK)."""
-    return {
-        "checkpoint_id": "weights/%s" % entry["name"],
-        "checkpoint_type": "training",
-        "time": iso(entry["time"]),
-        "tinker_path": entry["tinker_path"],
-        "size_bytes": entry["size_bytes"],
-        "public": entry["public"],
-        "user_metadata": entry["user_metadata"],
-        "expires_at": iso(entry["expires_at"]),
-    }
+def checkpoint_wire(entry: Dict[str, Any]) -> _wire.Checkpoint:
+    """Return the wire object of one checkpoint (``Checkpoint`` in the SDK)."""
+    return _wire.Checkpoint(
+        checkpoint_id="weights/%s" % entry["name"],
+        checkpoint_type="training",
+        time=iso(entry["time"]),
+        tinker_path=entry["tinker_path"],
+        size_bytes=entry["size_bytes"],
+        public=entry["public"],
+        user_metadata=entry["user_metadata"],
+        expires_at=iso(entry["expires_at"]),
+    )
