@@ -121,11 +121,17 @@ def mgmt_server(tmp_path):
 
 
 @pytest.fixture
-def mgmt_service(mgmt_server):
-    """A ``ServiceClient`` on ``mgmt_server`` with no back-off between retries."""
+def mgmt_url(mgmt_server):
+    """The URL ``mgmt_service`` talks to: ``mgmt_server``'s own (a test module may put a proxy in front)."""
+    return mgmt_server.url
+
+
+@pytest.fixture
+def mgmt_service(mgmt_url):
+    """A ``ServiceClient`` on ``mgmt_url`` with no back-off between retries."""
     from tinkex_persist import ServiceClient
 
-    with ServiceClient(base_url=mgmt_server.url, api_key=MGMT_API_KEY, backoff_factor=0, max_retries=2) as service:
+    with ServiceClient(base_url=mgmt_url, api_key=MGMT_API_KEY, backoff_factor=0, max_retries=2) as service:
         yield service
 
 
@@ -147,11 +153,17 @@ TEST_KEY = "tml-test-secret-key-abcdef"
 
 
 @pytest.fixture
-def service(local_server):
-    """A ``ServiceClient`` on ``local_server`` with instant retries and no heartbeat."""
+def service_url(local_server):
+    """The URL ``service`` talks to: ``local_server``'s own (a test module may put a proxy in front)."""
+    return local_server.url
+
+
+@pytest.fixture
+def service(service_url):
+    """A ``ServiceClient`` on ``service_url`` with instant retries and no heartbeat."""
     from tinkex_persist import ServiceClient
 
-    with ServiceClient(base_url=local_server.url, api_key=TEST_KEY, backoff_factor=0, heartbeat_interval=None) as svc:
+    with ServiceClient(base_url=service_url, api_key=TEST_KEY, backoff_factor=0, heartbeat_interval=None) as svc:
         yield svc
 
 
@@ -159,6 +171,28 @@ def service(local_server):
 def training_client(service):
     """A fresh LoRA ``TrainingClient`` on ``service``."""
     return service.create_lora_training_client("Qwen/Qwen3-8B", rank=8, seed=3).result(timeout=30)
+
+
+@pytest.fixture(params=["as_served", "extra_keys"])
+def front(request):
+    """Return ``front(url) -> url``, the URL a client uses to reach a server, in two modes.
+
+    ``as_served`` is the server's own URL; ``extra_keys`` is a fault proxy that adds an unknown key to every
+    object at every depth of every JSON answer, as a newer service may. Tests using it run in both modes.
+    """
+    from faultproxy import FaultProxy
+
+    proxies = []
+
+    def route(url):
+        if request.param == "as_served":
+            return url
+        proxies.append(FaultProxy(url, extra_keys=True).__enter__())
+        return proxies[-1].url
+
+    yield route
+    for p in proxies:
+        p.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -3,13 +3,17 @@
 It forwards each request to an upstream server and records it. One-shot faults, matched by request
 path (``fnmatch``), change what happens to one request: answer without forwarding, drop the
 connection before or after the upstream committed, stall, truncate, trickle or garble the answer.
+
+With ``extra_keys=True`` the proxy plays a newer service: it adds an unknown key to every object at
+every depth of every JSON answer it forwards (see :func:`add_unknown_keys`).
 """
 
 import fnmatch
+import json
 import socket
 import threading
 import time
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 #: Fault kinds and what they do.
 KINDS = {
@@ -23,6 +27,37 @@ KINDS = {
     "trickle": "forward, then send the answer 16 bytes at a time, `seconds` apart (default 2 ms)",
     "short_json": "forward, then answer 200 with the first half of the server's JSON body (a matching Content-Length)",
 }
+
+
+#: The key a "newer service" adds, and its value: itself nested, so decoders must skip a whole subtree.
+EXTRA_KEY = "zz_added_by_newer_service"
+EXTRA_VALUE = {"nested": [1, {"deeper": True}], "text": "x"}
+#: Keys whose object value is the caller's own free-form data (a ``Dict[str, ...]``, not a schema object):
+#: a newer service would not add keys there, so they are left as they are.
+DATA_MAPS = frozenset({"user_metadata", "metrics"})
+
+
+def add_unknown_keys(value: Any) -> Any:
+    """Return ``value`` with ``EXTRA_KEY`` added to every object at every depth (``DATA_MAPS`` values excepted)."""
+    if isinstance(value, list):
+        return [add_unknown_keys(v) for v in value]
+    if isinstance(value, dict):
+        out = {k: (v if k in DATA_MAPS else add_unknown_keys(v)) for k, v in value.items()}
+        out[EXTRA_KEY] = EXTRA_VALUE
+        return out
+    return value
+
+
+def _extend_answer(head: bytes, headers: Dict[str, str], body: bytes) -> bytes:
+    """Return the answer with unknown keys added to its JSON body and its Content-Length fixed."""
+    if not body or "application/json" not in headers.get("content-type", ""):
+        return head + body
+    body = json.dumps(add_unknown_keys(json.loads(body)), separators=(",", ":")).encode("utf-8")
+    lines = [
+        line for line in head.split(b"\r\n") if line and not line.lower().startswith(b"content-length:")
+    ]
+    lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 class Fault(NamedTuple):
@@ -62,12 +97,16 @@ def _read_message(f, *, request: bool) -> Optional[Tuple[bytes, Dict[str, str], 
 
 
 class FaultProxy:
-    """Forward ``127.0.0.1:<port>`` to ``upstream`` (host, port), applying queued one-shot faults."""
+    """Forward ``127.0.0.1:<port>`` to ``upstream`` (host, port), applying queued one-shot faults.
 
-    def __init__(self, upstream_url: str) -> None:
+    ``extra_keys=True`` adds an unknown key to every object of every forwarded JSON answer.
+    """
+
+    def __init__(self, upstream_url: str, *, extra_keys: bool = False) -> None:
         hostport = upstream_url.split("://", 1)[1].split("/", 1)[0]
         host, _, port = hostport.rpartition(":")
         self.upstream = (host.strip("[]"), int(port))
+        self.extra_keys = extra_keys
         self.records: List[Recorded] = []
         self._faults: List[Fault] = []
         self._lock = threading.Lock()
@@ -183,6 +222,9 @@ class FaultProxy:
                 if answer is None:
                     return
                 rhead, rheaders, rbody = answer
+                if fault is None and self.extra_keys:
+                    conn.sendall(_extend_answer(rhead, rheaders, rbody))
+                    continue
                 if fault is None:
                     conn.sendall(rhead + rbody)
                     continue

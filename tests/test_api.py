@@ -11,6 +11,12 @@ from tinkex_persist.localserver import LocalServer
 from conftest import TEST_KEY
 
 
+@pytest.fixture
+def service_url(local_server, front):
+    """Every test here runs against answers as served and against answers carrying unknown keys at every depth."""
+    return front(local_server.url)
+
+
 def _submissions(server):
     return {p: n for p, n in server.stats.requests.items() if p != "/api/v1/retrieve_future"}
 
@@ -65,6 +71,7 @@ class TestSaveState:
     def test_bad_arguments_raise_before_any_request(self, local_server, training_client, kwargs, exc):
         """Invalid arguments raise synchronously and send nothing."""
         before = dict(local_server.stats.requests)
+        kwargs = dict(kwargs)
         name = kwargs.pop("name")
         with pytest.raises(exc):
             tp.save_state(training_client, name, **kwargs)
@@ -110,10 +117,10 @@ class TestLoadState:
         assert "create_training_client_from_state_with_optimizer" in str(info.value)
         assert "user" == info.value.category
 
-    def test_late_load_works_where_the_server_allows_it(self, tmp_path):
+    def test_late_load_works_where_the_server_allows_it(self, tmp_path, front):
         """With a server that accepts late loads, load_state works on a used client."""
         with LocalServer(tmp_path, allow_late_load=True) as server, tp.ServiceClient(
-            base_url=server.url, api_key=TEST_KEY, heartbeat_interval=None
+            base_url=front(server.url), api_key=TEST_KEY, heartbeat_interval=None
         ) as service:
             tc, path = self._saved(service)
             assert path == tp.load_state(tc, path).result(timeout=30).path
@@ -177,10 +184,10 @@ class TestCreateFromState:
         tc = tp.create_training_client_from_state(service, path).result(timeout=30)
         assert 1 == tp.save_state(tc, "next").result(timeout=30).seq_id
 
-    def test_falls_back_on_a_server_without_session_addressing(self, tmp_path):
+    def test_falls_back_on_a_server_without_session_addressing(self, tmp_path, front):
         """A server rejecting session addressing gets weights_info, create_model, then load_weights."""
         with LocalServer(tmp_path, session_load=False) as server, tp.ServiceClient(
-            base_url=server.url, api_key=TEST_KEY, heartbeat_interval=None
+            base_url=front(server.url), api_key=TEST_KEY, heartbeat_interval=None
         ) as service:
             tc = service.create_lora_training_client("Qwen/Qwen3-8B", rank=8).result(timeout=30)
             optim_step(tc)

@@ -12,6 +12,12 @@ from tinkex_persist import _time, checkpoints, manage
 DELETE_PATTERN = "/api/v1/training_runs/*/checkpoints/weights/*"
 
 
+@pytest.fixture
+def mgmt_url(mgmt_server, front):
+    """Every test here runs against answers as served and against answers carrying unknown keys at every depth."""
+    return front(mgmt_server.url)
+
+
 def _names(checkpoints):
     return [c.name for c in checkpoints]
 
@@ -247,10 +253,10 @@ class TestDeleteCheckpoints:
         copy = pickle.loads(pickle.dumps(info.value))
         assert (str(info.value), info.value.report) == (str(copy), copy.report)
 
-    def test_order_kept_and_duplicates_dropped_with_one_worker(self, mgmt_server, mgmt_service, seed_run):
+    def test_order_kept_and_duplicates_dropped_with_one_worker(self, mgmt_url, mgmt_service, seed_run):
         """With max_workers=1 and max_concurrency=1 the batch completes (no deadlock), in request order, once per path."""
         _, paths = seed_run(["a", "b", "c"])
-        with tp.ServiceClient(base_url=mgmt_server.url, api_key=mgmt_service.config.api_key, max_workers=1) as service:
+        with tp.ServiceClient(base_url=mgmt_url, api_key=mgmt_service.config.api_key, max_workers=1) as service:
             report = manage.delete_checkpoints(service, [paths[2], paths[0], paths[2]], max_concurrency=1).result(10)
         assert [paths[2], paths[0]] == report.deleted
 
