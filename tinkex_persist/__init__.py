@@ -44,6 +44,7 @@ from .types import (  # noqa: E402
     LoadStateResult,
     RetentionReport,
     SaveStateResult,
+    TrainingRun,
     WeightsInfo,
 )
 from .training_types import (  # noqa: E402
@@ -99,6 +100,7 @@ __all__ = (
     "TensorData",
     "TinkexPersistError",
     "TrainingClient",
+    "TrainingRun",
     "UnprocessableEntityError",
     "UnsafeArchiveError",
     "UsageError",
@@ -108,9 +110,11 @@ __all__ = (
     "create_training_client_from_state_with_optimizer",
     "delete_checkpoints",
     "download_checkpoint",
+    "get_training_run",
     "get_weights_info",
     "keep_last",
     "list_checkpoints",
+    "list_training_runs",
     "load_state",
     "load_state_with_optimizer",
     "save_state",
@@ -121,9 +125,11 @@ __all__ = (
 _LAZY = {
     "delete_checkpoints": "checkpoints",
     "download_checkpoint": "download",
+    "get_training_run": "runs",
     "get_weights_info": "checkpoints",
     "keep_last": "checkpoints",
     "list_checkpoints": "checkpoints",
+    "list_training_runs": "runs",
     "set_checkpoint_ttl": "checkpoints",
 }
 
@@ -132,13 +138,9 @@ def __getattr__(name: str) -> object:  # PEP 562
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    if module == "download":
-        from . import download
+    import importlib
 
-        return getattr(download, name)
-    from . import checkpoints
-
-    return getattr(checkpoints, name)
+    return getattr(importlib.import_module("." + module, __name__), name)
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

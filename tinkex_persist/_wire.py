@@ -249,6 +249,39 @@ class SetTtlRequest:
     """New lifetime in seconds from now; ``None`` (sent as ``null``) removes the expiry."""
 
 
+@attrs.frozen(kw_only=True, slots=False)
+class SaveWeightsExternalRequest:
+    """Body of ``POST /api/v1/save_weights_external``: export the weights as adapter files with signed URLs."""
+
+    model_id: str
+    path: str
+    """Export name (not a URI); the result is ``tinker://<model_id>/external_weights/<path>``."""
+    seq_id: Optional[int] = None
+    """Position of this request in the model's request order."""
+    ttl_seconds: Optional[int] = None
+    """Lifetime in seconds (at least 3600); ``None`` means it never expires (omitted)."""
+    age_encryption_recipients: Optional[List[str]] = None
+    """age recipients to encrypt every exported file to; ``None`` (omitted) exports plain files."""
+    type: Literal["save_weights_external"] = "save_weights_external"
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class CopyWeightsRequest:
+    """Body of ``POST /api/v1/copy_weights``: copy a checkpoint into a project, as a new training run."""
+
+    session_id: Optional[str] = None
+    """Session that will own the copy (with ``model_seq_id``); ``None`` is omitted."""
+    model_seq_id: Optional[int] = None
+    destination_project_id: Optional[str] = None
+    """Project that will own the copy when no ``session_id`` is given."""
+    source_path: str
+    """``tinker://`` path of the checkpoint to copy (any kind)."""
+    ttl_seconds: Optional[int] = None
+    """Lifetime of the copy in seconds; ``None`` (omitted) never expires."""
+    weights_access_token: Optional[str] = attrs.field(default=None, repr=False)
+    """Token for weights of another account; the SDK sends it in a header instead, so it is normally None."""
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -389,6 +422,86 @@ class CheckpointsListResponse:
     """``None`` for an unpaged listing."""
 
 
+@attrs.frozen(kw_only=True, slots=False)
+class TrainingRun:
+    """Answer to ``GET /api/v1/training_runs/{run}``, and one entry of the training-run listing."""
+
+    training_run_id: str
+    base_model: str
+    model_owner: Optional[str] = None
+    """Owner of the run; the service always says, ``None`` only if it does not."""
+    is_lora: bool = True
+    corrupted: bool = False
+    """Whether the service marked the run's state as corrupted."""
+    lora_rank: Optional[int] = None
+    last_request_time: Optional[str] = None
+    """Time of the run's last request, ISO 8601 UTC."""
+    last_checkpoint: Optional[Checkpoint] = None
+    """The newest training checkpoint, if any."""
+    last_sampler_checkpoint: Optional[Checkpoint] = None
+    """The newest sampler checkpoint, if any."""
+    user_metadata: Optional[Dict[str, str]] = None
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class TrainingRunsResponse:
+    """Answer to ``GET /api/v1/training_runs``."""
+
+    training_runs: List[TrainingRun]
+    cursor: Optional[Cursor] = None
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class SaveWeightsExternalResponse:
+    """Result of a ``save_weights_external`` future."""
+
+    path: Optional[str] = None
+    """``tinker://<model_id>/external_weights/<name>`` of the export."""
+    size_bytes: Optional[int] = None
+    """Total size of the exported files, if the server says."""
+    type: Optional[str] = None
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class ExternalWeightsUrlsResponse:
+    """Answer to ``GET .../external_weights/{name}/external_weights_urls``."""
+
+    urls: Dict[str, str]
+    """Signed URL per file, keyed by the file's path relative to the checkpoint."""
+    expires: str
+    """When the URLs stop working, ISO 8601 UTC."""
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class CopyWeightsResponse:
+    """Answer to ``copy_weights``."""
+
+    tinker_path: str
+    """Path of the copy, in a new training run."""
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class CheckpointStorageUsageItem:
+    """One (project, owner) group of ``billing/usage/checkpoints/current``."""
+
+    project_id: Optional[str] = None
+    org_user_urn: Optional[str] = None
+    user_email: Optional[str] = None
+    user_name: Optional[str] = None
+    checkpoint_count: int
+    size_bytes: int
+    size_gigabytes: float
+    estimated_monthly_cost_usd: Optional[float] = None
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class CheckpointStorageUsageResponse:
+    """Answer to ``GET /api/v1/billing/usage/checkpoints/current``."""
+
+    effective_rate_usd_per_gigabyte_month: Optional[float] = None
+    data: List[CheckpointStorageUsageItem]
+
+
 # --------------------------------------------------------------------------- the pinned table
 
 
@@ -458,6 +571,37 @@ KEYS: Mapping[type, Mapping[str, str]] = {
     ),
     Cursor: _identity("offset", "limit", "total_count"),
     CheckpointsListResponse: _identity("checkpoints", "cursor"),
+    SaveWeightsExternalRequest: _identity("model_id", "path", "seq_id", "ttl_seconds", "age_encryption_recipients", "type"),
+    CopyWeightsRequest: _identity(
+        "session_id", "model_seq_id", "destination_project_id", "source_path", "ttl_seconds", "weights_access_token"
+    ),
+    TrainingRun: _identity(
+        "training_run_id",
+        "base_model",
+        "model_owner",
+        "is_lora",
+        "corrupted",
+        "lora_rank",
+        "last_request_time",
+        "last_checkpoint",
+        "last_sampler_checkpoint",
+        "user_metadata",
+    ),
+    TrainingRunsResponse: _identity("training_runs", "cursor"),
+    SaveWeightsExternalResponse: _identity("path", "size_bytes", "type"),
+    ExternalWeightsUrlsResponse: _identity("urls", "expires"),
+    CopyWeightsResponse: _identity("tinker_path"),
+    CheckpointStorageUsageItem: _identity(
+        "project_id",
+        "org_user_urn",
+        "user_email",
+        "user_name",
+        "checkpoint_count",
+        "size_bytes",
+        "size_gigabytes",
+        "estimated_monthly_cost_usd",
+    ),
+    CheckpointStorageUsageResponse: _identity("effective_rate_usd_per_gigabyte_month", "data"),
 }
 
 

@@ -54,6 +54,10 @@ def _checkpoint_info(cp: _wire.Checkpoint) -> CheckpointInfo:
     )
 
 
+#: The public type of one listed checkpoint (used by :mod:`tinkex_persist.runs` for ``last_checkpoint``).
+checkpoint_info_from_wire = _checkpoint_info
+
+
 def select_checkpoints(
     checkpoints: Iterable[CheckpointInfo],
     *,

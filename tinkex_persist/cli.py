@@ -227,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=download.DEFAULT_ARCHIVE_WAIT, metavar="SECONDS",
                    help="longest wait for the archive to be built (default %(default)s)")
     p.set_defaults(func=cmd_download)
+
+    p = add("runs", "list your training runs, or describe one")
+    runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND")
+    runs.required = True
+    q = runs.add_parser("list", help="list your training runs, newest first", description="list your training runs",
+                        parents=[common])
+    q.add_argument("--limit", type=_positive_int, metavar="N", help="show at most N runs")
+    q.set_defaults(func=cmd_runs_list)
+    q = runs.add_parser("info", help="describe a training run: base model, last checkpoints, state",
+                        description="describe a training run", parents=[common])
+    q.add_argument("run", metavar="RUN", help="training run id, or any tinker:// path of the run")
+    q.set_defaults(func=cmd_runs_info)
     return parser
 
 
@@ -529,6 +541,54 @@ def cmd_download(args: argparse.Namespace, out: _Output) -> int:
         result.tinker_path, result.directory, len(result.files), _size(result.archive_bytes),
         _size(result.bytes_fetched), resumed, verified, "\n".join("  " + f for f in result.files))
     out.result(human, result.to_json())
+    return EXIT_OK
+
+
+def cmd_runs_list(args: argparse.Namespace, out: _Output) -> int:
+    """List training runs."""
+    from . import runs
+
+    with _service(args) as service:
+        listed = runs.list_training_runs(service, limit=args.limit).result()
+    rows = [
+        [r.training_run_id, r.base_model, "-" if r.lora_rank is None else str(r.lora_rank),
+         _when(r.last_request_time), r.last_checkpoint.name if r.last_checkpoint else "-",
+         "CORRUPTED" if r.corrupted else "ok"]
+        for r in listed
+    ]
+    if listed:
+        human = "%s\n\n%d run(s)" % (_table(rows, ["RUN", "BASE MODEL", "RANK", "LAST REQUEST", "LAST CHECKPOINT",
+                                                    "STATE"]), len(listed))
+    else:
+        human = "no training runs"
+    out.result(human, {"training_runs": [r.to_json() for r in listed]})
+    return EXIT_OK
+
+
+def cmd_runs_info(args: argparse.Namespace, out: _Output) -> int:
+    """Describe one training run."""
+    from . import runs
+
+    with _service(args) as service:
+        run = runs.get_training_run(service, args.run).result()
+
+    def ckpt(c: Optional[CheckpointInfo]) -> str:
+        return "-" if c is None else "%s  (%s, %s)" % (c.tinker_path, _when(c.time), _size(c.size_bytes))
+
+    rows = [
+        ["run", run.training_run_id],
+        ["base model", run.base_model],
+        ["owner", run.model_owner or "-"],
+        ["LoRA", _yes_no(run.is_lora)],
+        ["LoRA rank", "-" if run.lora_rank is None else str(run.lora_rank)],
+        ["state", "CORRUPTED" if run.corrupted else "ok"],
+        ["last request", _when(run.last_request_time) if run.last_request_time else "-"],
+        ["last checkpoint", ckpt(run.last_checkpoint)],
+        ["last sampler checkpoint", ckpt(run.last_sampler_checkpoint)],
+        ["metadata", json.dumps(run.user_metadata, sort_keys=True) if run.user_metadata else "-"],
+    ]
+    width = max(len(r[0]) for r in rows)
+    out.result("\n".join("%s  %s" % (k.ljust(width), v) for k, v in rows), run.to_json())
     return EXIT_OK
 
 

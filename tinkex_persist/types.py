@@ -91,6 +91,44 @@ class CheckpointInfo:
 
 
 @attrs.frozen(kw_only=True)
+class TrainingRun:
+    """A training run (model) as the service describes it. Field names follow the official SDK's ``TrainingRun``."""
+
+    training_run_id: str
+    """The run's id (the model id), e.g. ``<session>:train:0``."""
+    base_model: str
+    model_owner: Optional[str] = None
+    is_lora: bool = True
+    lora_rank: Optional[int] = None
+    corrupted: bool = False
+    """Whether the service marked the run's state as corrupted (do not resume from it)."""
+    last_request_time: Optional[datetime.datetime] = None
+    """When the run last received a request (aware UTC)."""
+    last_checkpoint: Optional[CheckpointInfo] = None
+    """The newest training checkpoint (``tinker://<run>/weights/<name>``): where to resume from."""
+    last_sampler_checkpoint: Optional[CheckpointInfo] = None
+    """The newest sampler checkpoint, if any."""
+    user_metadata: Optional[Dict[str, str]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """Return a JSON-ready dict; times are RFC 3339 UTC strings."""
+        return {
+            "training_run_id": self.training_run_id,
+            "base_model": self.base_model,
+            "model_owner": self.model_owner,
+            "is_lora": self.is_lora,
+            "lora_rank": self.lora_rank,
+            "corrupted": self.corrupted,
+            "last_request_time": format_time(self.last_request_time),
+            "last_checkpoint": None if self.last_checkpoint is None else self.last_checkpoint.to_json(),
+            "last_sampler_checkpoint": (
+                None if self.last_sampler_checkpoint is None else self.last_sampler_checkpoint.to_json()
+            ),
+            "user_metadata": self.user_metadata,
+        }
+
+
+@attrs.frozen(kw_only=True)
 class DeleteOutcome:
     """What happened to one path of a delete batch.
 

@@ -219,6 +219,42 @@ def _list_user(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) 
     return s.list_user(limit, offset)
 
 
+def _query(query: str, allowed: Tuple[str, ...]) -> Dict[str, str]:
+    """Decode a query string strictly: one value per key, every key in ``allowed`` (else 400 naming it)."""
+    params = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise HTTPError(400, "unknown query parameter(s): %s" % ", ".join(unknown))
+    repeated = sorted(k for k, v in params.items() if len(v) > 1)
+    if repeated:
+        raise HTTPError(400, "query parameter(s) given more than once: %s" % ", ".join(repeated))
+    out = {k: v[0] for k, v in params.items()}
+    scope = out.get("access_scope", "owned")
+    if scope not in ("owned", "accessible"):
+        raise HTTPError(400, "access_scope must be 'owned' or 'accessible', got %r" % scope)
+    return out
+
+
+def _page(params: Dict[str, str], default_limit: int) -> Tuple[int, int]:
+    try:
+        limit, offset = int(params.get("limit", default_limit)), int(params.get("offset", 0))
+    except ValueError:
+        raise HTTPError(400, "limit and offset must be integers") from None
+    if not (1 <= limit <= 10000 and offset >= 0):
+        raise HTTPError(400, "limit must be 1-10000 and offset >= 0")
+    return limit, offset
+
+
+def _list_runs(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
+    limit, offset = _page(_query(query, ("limit", "offset", "access_scope", "project_id")), 20)
+    return s.list_runs(limit, offset)
+
+
+def _get_run(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
+    _query(query, ("access_scope",))
+    return s.training_run(g["run"])
+
+
 def _ckpt(g: Dict[str, str]) -> str:
     return Service.tinker_path(g["run"], g["kind"], g["name"])
 
@@ -292,6 +328,8 @@ ROUTES: List[Tuple[str, Pattern[str], Optional[type], Any]] = [
         ),
         ("POST", "/api/v1/weights_info", _wire.WeightsInfoRequest, lambda h, s, r, g, q: s.weights_info(r)),
         ("GET", "/api/v1/checkpoints", None, _list_user),
+        ("GET", "/api/v1/training_runs", None, _list_runs),
+        ("GET", r"/api/v1/training_runs/(?P<run>[^/]+)", None, _get_run),
         ("GET", _RUN, None, lambda h, s, r, g, q: s.list_run(g["run"])),
         ("DELETE", _CKPT, None, lambda h, s, r, g, q: s.delete(_ckpt(g)) or _NO_CONTENT),
         ("PUT", _CKPT + "/ttl", _wire.SetTtlRequest, lambda h, s, r, g, q: s.set_ttl(_ckpt(g), r) or _NO_CONTENT),

@@ -16,13 +16,13 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import _converter, _paths, _wire
 from ..exceptions import UsageError
 from ._model import ModelState
 from ._options import ServerOptions
-from ._store import CheckpointStore, StoreError, checkpoint_wire
+from ._store import CheckpointStore, StoreError, checkpoint_wire, iso
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,9 @@ class _Model:
         self.lora = lora
         self.next_seq = 1
         self.replays: Dict[int, Tuple[str, Dict[str, Any], Dict[str, Any]]] = {}
+        #: The run's metadata (from create_model or create-from-state) and its last request time (epoch s).
+        self.user_metadata: Optional[Dict[str, Any]] = None
+        self.last_request = 0.0
 
 
 def _answer_json(obj: Any) -> Dict[str, Any]:
@@ -118,6 +121,7 @@ class Service:
         self._counter = 0
         self._secret = os.urandom(32)
         self._stopping = False
+        self._corrupted: Set[str] = set()
 
     def stop(self) -> None:
         with self._cond:
@@ -271,7 +275,8 @@ class Service:
         def create(model_id: str) -> Dict[str, Any]:
             flags = {"train_unembed": lora.train_unembed, "train_mlp": lora.train_mlp, "train_attn": lora.train_attn}
             state = ModelState(req.base_model, lora.rank, lora.seed)
-            self._models[model_id] = _Model(model_id, req.session_id, state, flags)
+            model = self._models[model_id] = _Model(model_id, req.session_id, state, flags)
+            model.user_metadata, model.last_request = req.user_metadata, self.clock()
             return _answer_json(_wire.CreateModelResponse(model_id=model_id, type="create_model"))
 
         with self._cond:
@@ -327,6 +332,7 @@ class Service:
     ) -> Dict[str, Any]:
         with self._cond:
             model = self._model(model_id)
+            model.last_request = self.clock()
             self.seq_log[model_id].append(seq_id)
             if seq_id is not None:
                 deadline = time.monotonic() + self.options.seq_wait
@@ -412,6 +418,8 @@ class Service:
         try:
             weights, opt = self.store.read(entry)
         except StoreError as exc:
+            with self._cond:
+                self._corrupted.add(entry["run_id"])  # the run's saved state is damaged: the run says so
             raise UserError(str(exc)) from None
         model.state.restore(weights, opt if optimizer else None)
 
@@ -453,6 +461,7 @@ class Service:
             flags = {k: entry[k] for k in ("train_unembed", "train_mlp", "train_attn")}
             model = _Model(model_id, req.session_id, ModelState(base, entry["lora_rank"]), flags)  # type: ignore[arg-type]
             self._restore(model, entry, req.optimizer)
+            model.user_metadata, model.last_request = req.user_metadata, self.clock()
             self._models[model_id] = model
             return _answer_json(_wire.LoadWeightsResponse(path=req.path, model_id=model_id, type="load_weights"))
 
@@ -501,6 +510,58 @@ class Service:
         page = entries[offset : offset + limit]
         cursor = _wire.Cursor(offset=offset, limit=limit, total_count=len(entries))
         return _answer_json(_wire.CheckpointsListResponse(checkpoints=[checkpoint_wire(e) for e in page], cursor=cursor))
+
+    # ------------------------------------------------------------------ training runs
+
+    def _run(self, run_id: str, entries: List[Dict[str, Any]]) -> Optional[Tuple[float, _wire.TrainingRun]]:
+        """The last request time and ``TrainingRun`` of ``run_id``, from its live model and/or its checkpoints
+        (newest first); None if the server knows neither."""
+        model = self._models.get(run_id)
+        if model is None and not entries:
+            return None
+        newest: Dict[str, Dict[str, Any]] = {}
+        for e in entries:
+            newest.setdefault(e.get("kind", "weights"), e)
+        if model is not None:
+            base, rank, metadata, last = model.state.base_model, model.state.rank, model.user_metadata, model.last_request
+        else:
+            first = entries[0]
+            base, rank, metadata, last = first["base_model"], first["lora_rank"], first.get("run_metadata"), first["time"]
+        last = max([last] + [e["time"] for e in entries])
+        training, sampler = newest.get("weights"), newest.get("sampler_weights")
+        return last, _wire.TrainingRun(
+            training_run_id=run_id,
+            base_model=base,
+            model_owner="local-user",
+            is_lora=True,
+            corrupted=run_id in self._corrupted,
+            lora_rank=rank,
+            last_request_time=iso(last),
+            last_checkpoint=None if training is None else checkpoint_wire(training),
+            last_sampler_checkpoint=None if sampler is None else checkpoint_wire(sampler),
+            user_metadata=metadata,
+        )
+
+    def training_run(self, run_id: str) -> Dict[str, Any]:
+        """Answer ``GET /api/v1/training_runs/{run}`` (404 for a run the server does not know)."""
+        entries = self.store.list(run_id)
+        with self._cond:
+            run = self._run(run_id, entries)
+        if run is None:
+            raise HTTPError(404, "training run %s not found" % run_id)
+        return _answer_json(run[1])
+
+    def list_runs(self, limit: int, offset: int) -> Dict[str, Any]:
+        """Answer ``GET /api/v1/training_runs``: every known run, most recently used first, one page of it."""
+        by_run: Dict[str, List[Dict[str, Any]]] = collections.defaultdict(list)
+        for e in self.store.list():
+            by_run[e["run_id"]].append(e)
+        with self._cond:
+            ids = set(by_run) | set(self._models)
+            runs = [r for r in (self._run(i, by_run.get(i, [])) for i in ids) if r is not None]
+        runs.sort(key=lambda r: (r[0], r[1].training_run_id), reverse=True)
+        cursor = _wire.Cursor(offset=offset, limit=limit, total_count=len(runs))
+        return _answer_json(_wire.TrainingRunsResponse(training_runs=[r for _, r in runs[offset : offset + limit]], cursor=cursor))
 
     @staticmethod
     def tinker_path(run_id: str, kind: str, name: str) -> str:
