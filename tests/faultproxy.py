@@ -127,6 +127,11 @@ class FaultProxy:
         with self._lock:
             return len(self._faults)
 
+    def clear(self) -> None:
+        """Drop every queued fault that no request used."""
+        with self._lock:
+            self._faults.clear()
+
     def _take(self, path: str) -> Optional[Fault]:
         with self._lock:
             for i, f in enumerate(self._faults):
