@@ -27,7 +27,7 @@ _RUN = r"/api/v1/training_runs/(?P<run>[^/]+)/checkpoints"
 _CKPT = _RUN + r"/(?P<kind>[^/]+)/(?P<name>[^/]+)"
 _SIGNED = r"/local/v1/archives/(?P<token>[^/]+)"
 _SIGNED_TOKEN = re.compile(r"/local/v1/archives/[^/ ?]+")
-_NO_CONTENT = (204, None, {})
+_NO_CONTENT: Tuple[int, None, Dict[str, str]] = (204, None, {})
 _REASONS = BaseHTTPRequestHandler.responses
 #: Routes that run a model operation and honour ``X-Idempotency-Key``; their handler is the Service method.
 SUBMITS = ("create_model", "save_weights", "load_weights", "optim_step")
@@ -41,7 +41,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         local = self.server.local  # type: ignore[attr-defined]
-        self.timeout = local.options.socket_timeout  # a silent client must not pin this thread forever
+        self.timeout = local.options.socket_timeout  # type: ignore[misc]  # a silent client must not pin a thread
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(self.connection, ssl.SSLSocket):
@@ -164,7 +164,7 @@ class Handler(BaseHTTPRequestHandler):
                 data = json.loads(raw) if raw else None
             except ValueError as exc:
                 raise HTTPError(400, "request body is not JSON: %s" % exc) from None
-        req = None
+        req: Any = None
         if cls is not None:
             try:
                 req = _converter.decode_request(data, cls)

@@ -447,7 +447,7 @@ class Service:
                 self._restore(model, self._checkpoint(req.path), req.optimizer)
                 return _answer_json(_wire.LoadWeightsResponse(path=req.path, model_id=model.id, type="load_weights"))
 
-            return self._submit(req.model_id, req.seq_id, key, op)
+            return self._submit(req.model_id, req.seq_id, key, op)  # type: ignore[arg-type]  # by_model: set
 
         def create(model_id: str) -> Dict[str, Any]:
             entry = self._checkpoint(req.path)
