@@ -1,6 +1,9 @@
-"""Shared fixtures: a clean environment for every test, and a ``LocalServer`` on a temporary root."""
+"""Shared fixtures: a clean environment for every test, ``LocalServer`` fixtures (without and with an API key),
+and ``wait_until``."""
 
 import os
+import time
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -18,10 +21,37 @@ def clean_environ(monkeypatch):
             monkeypatch.delenv(name)
 
 
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01) -> T:
+    """Call ``predicate`` until it returns a truthy value or ``timeout`` seconds have passed; return its last value.
+
+    For conditions another thread or process brings about; the caller asserts on the value returned.
+    """
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
 @pytest.fixture
 def local_server(tmp_path):
     """A running ``LocalServer`` on ``tmp_path / "server"``, port 0, no API key."""
     with LocalServer(tmp_path / "server") as server:
+        yield server
+
+
+#: The API key ``keyed_server`` requires (long and unique, so tests can search output for it).
+SERVER_KEY = "tml-SECRET-server-key-5f1e2d3c4b5a6978"
+
+
+@pytest.fixture
+def keyed_server(tmp_path):
+    """A running ``LocalServer`` on ``tmp_path / "keyed-server"`` that requires ``SERVER_KEY`` on every API request."""
+    with LocalServer(tmp_path / "keyed-server", api_key=SERVER_KEY) as server:
         yield server
 
 
@@ -110,20 +140,10 @@ def api_for():
 
 # --------------------------------------------------------------------------- checkpoint management (manage, cli)
 
-MGMT_API_KEY = "tml-test-key-0123456789"
-
-
 @pytest.fixture
-def mgmt_server(tmp_path):
-    """A running ``LocalServer`` that requires ``MGMT_API_KEY`` on every API request."""
-    with LocalServer(tmp_path / "mgmt-server", api_key=MGMT_API_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def mgmt_url(mgmt_server):
-    """The URL ``mgmt_service`` talks to: ``mgmt_server``'s own (a test module may put a proxy in front)."""
-    return mgmt_server.url
+def mgmt_url(keyed_server):
+    """The URL ``mgmt_service`` talks to: ``keyed_server``'s own (a test module may put a proxy in front)."""
+    return keyed_server.url
 
 
 @pytest.fixture
@@ -131,7 +151,7 @@ def mgmt_service(mgmt_url):
     """A ``ServiceClient`` on ``mgmt_url`` with no back-off between retries."""
     from tinkex_persist import ServiceClient
 
-    with ServiceClient(base_url=mgmt_url, api_key=MGMT_API_KEY, backoff_factor=0, max_retries=2) as service:
+    with ServiceClient(base_url=mgmt_url, api_key=SERVER_KEY, backoff_factor=0, max_retries=2) as service:
         yield service
 
 
@@ -206,15 +226,13 @@ def proxy(local_server):
 
 # --------------------------------------------------------------------------- the official SDK as a peer
 
-SDK_KEY = "tml-sdk-interop-test-key"
-
 
 @pytest.fixture
 def sdk_env(tmp_path, monkeypatch):
     """Return ``point(url)``, which aims the official SDK's environment at ``url`` (telemetry off, empty HOME)."""
 
     def point(url):
-        monkeypatch.setenv("TINKER_API_KEY", SDK_KEY)
+        monkeypatch.setenv("TINKER_API_KEY", SERVER_KEY)
         monkeypatch.setenv("TINKER_BASE_URL", url)
         monkeypatch.setenv("TINKER_TELEMETRY", "0")
         monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -223,11 +241,10 @@ def sdk_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def sdk_server(tmp_path, sdk_env):
-    """A LocalServer requiring ``SDK_KEY``, with the official SDK's environment pointed at it."""
-    with LocalServer(tmp_path / "sdk-root", api_key=SDK_KEY) as srv:
-        sdk_env(srv.url)
-        yield srv
+def sdk_server(keyed_server, sdk_env):
+    """``keyed_server``, with the official SDK's environment pointed at it."""
+    sdk_env(keyed_server.url)
+    return keyed_server
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import tinkex_persist as tp
 from tinkex_persist.demo import model_state, optim_step
 from tinkex_persist.localserver import LocalServer
 
-from conftest import TEST_KEY
+from conftest import TEST_KEY, wait_until
 
 
 @pytest.fixture
@@ -263,29 +263,25 @@ class TestServiceClient:
 
     def test_heartbeats_are_sent_while_open(self, local_server):
         """An open session sends heartbeats at the configured interval."""
-        import time
-
         with tp.ServiceClient(base_url=local_server.url, api_key=TEST_KEY, heartbeat_interval=0.02) as svc:
             svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=30)
-            deadline = time.monotonic() + 5
-            while local_server.stats.requests["/api/v1/session_heartbeat"] < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: local_server.stats.requests["/api/v1/session_heartbeat"] >= 2)
         assert local_server.stats.requests["/api/v1/session_heartbeat"] >= 2
 
     def test_heartbeats_stop_when_the_server_ended_the_session(self, local_server):
         """A 410 on a heartbeat (session finished server-side) stops the heartbeat thread."""
         import threading
-        import time
+
+        def beating():
+            return any(t.name == "tinkex_persist-heartbeat" for t in threading.enumerate())
 
         svc = tp.ServiceClient(base_url=local_server.url, api_key=TEST_KEY, heartbeat_interval=0.02)
         try:
             svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=30)
+            assert True is beating()
             local_server.faults.add("/api/v1/session_heartbeat", status=410, body={"detail": "session finished"})
-            deadline = time.monotonic() + 5
-            while svc._heartbeat.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not svc._heartbeat.is_alive()
-            assert not any(t.name == "tinkex_persist-heartbeat" for t in threading.enumerate())
+            wait_until(lambda: not beating())
+            assert False is beating()
         finally:
             svc.close()
 

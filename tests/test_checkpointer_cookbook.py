@@ -10,7 +10,7 @@ import pytest
 import tinkex_persist as tp
 from tinkex_persist.demo import model_state, optim_step
 
-from conftest import SDK_KEY as KEY
+from conftest import SERVER_KEY as KEY
 
 tinker = pytest.importorskip("tinker")
 try:

@@ -16,12 +16,12 @@ from tinkex_persist import cli, manage
 
 
 @pytest.fixture
-def run(mgmt_server, mgmt_service, monkeypatch, capsys):
-    """Return ``run(*argv) -> (exit_code, stdout, stderr)`` for main() against mgmt_server, key from the environment."""
+def run(keyed_server, mgmt_service, monkeypatch, capsys):
+    """Return ``run(*argv) -> (exit_code, stdout, stderr)`` for main() against keyed_server, key from the environment."""
     monkeypatch.setenv("TINKER_API_KEY", mgmt_service.config.api_key)
 
     def invoke(*argv):
-        code = cli.main(["--base-url", mgmt_server.url] + list(argv))
+        code = cli.main(["--base-url", keyed_server.url] + list(argv))
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -174,11 +174,11 @@ class TestDelete:
         """Contradictory or malformed selections exit 2 before anything is deleted."""
         assert 2 == run(*argv)[0]
 
-    def test_asks_on_a_terminal(self, mgmt_server, mgmt_service, seed_run, tmp_path):
+    def test_asks_on_a_terminal(self, keyed_server, mgmt_service, seed_run, tmp_path):
         """On a terminal, delete lists the paths and asks; 'n' aborts (exit 1), 'y' deletes (exit 0)."""
         run_id, paths = seed_run(["a"])
         env = _env(TINKER_API_KEY=mgmt_service.config.api_key)
-        argv = [sys.executable, "-m", "tinkex_persist", "--base-url", mgmt_server.url, "delete", paths[0]]
+        argv = [sys.executable, "-m", "tinkex_persist", "--base-url", keyed_server.url, "delete", paths[0]]
         for answer, expected_code, expected_left in (("n", 1, 1), ("y", 0, 0)):
             master, slave = pty.openpty()
             proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=str(tmp_path))
@@ -234,10 +234,10 @@ class TestKeepLast:
         code, out, _ = run("keep-last", "1", "--run", run_id)
         assert (0, True) == (code, "nothing to delete" in out)
 
-    def test_partial_failure_exits_3(self, run, seed_run, mgmt_server):
+    def test_partial_failure_exits_3(self, run, seed_run, keyed_server):
         """A refused delete during keep-last exits 3 and is printed; the other delete happens."""
         run_id, _ = seed_run(["s0", "s1", "s2"])
-        mgmt_server.faults.add("/api/v1/training_runs/*/checkpoints/weights/s0", method="DELETE", status=403)
+        keyed_server.faults.add("/api/v1/training_runs/*/checkpoints/weights/s0", method="DELETE", status=403)
         code, out, _ = run("keep-last", "1", "--run", run_id)
         assert (3, ["deleted", "FAILED"]) == (code, [line.split()[0] for line in out.splitlines()[:2]])
 
@@ -301,23 +301,23 @@ class TestDownload:
 class TestConfigurationAndLogging:
     """Tests for the key sources, -v logging and argument handling."""
 
-    def test_missing_key_exits_2(self, mgmt_server, capsys):
+    def test_missing_key_exits_2(self, keyed_server, capsys):
         """Without TINKER_API_KEY or --api-key-file the command exits 2 naming the variable."""
-        code = cli.main(["--base-url", mgmt_server.url, "list"])
+        code = cli.main(["--base-url", keyed_server.url, "list"])
         assert (2, True) == (code, "TINKER_API_KEY" in capsys.readouterr().err)
 
-    def test_key_file(self, mgmt_server, mgmt_service, tmp_path, capsys):
+    def test_key_file(self, keyed_server, mgmt_service, tmp_path, capsys):
         """``--api-key-file`` supplies the key; a missing file exits 2."""
         key_file = tmp_path / "key"
         key_file.write_text(mgmt_service.config.api_key + "\n")
-        assert 0 == cli.main(["list", "--base-url", mgmt_server.url, "--api-key-file", str(key_file)])
-        assert 2 == cli.main(["list", "--base-url", mgmt_server.url, "--api-key-file", str(tmp_path / "nope")])
+        assert 0 == cli.main(["list", "--base-url", keyed_server.url, "--api-key-file", str(key_file)])
+        assert 2 == cli.main(["list", "--base-url", keyed_server.url, "--api-key-file", str(tmp_path / "nope")])
 
-    def test_wrong_key_exits_1(self, mgmt_server, tmp_path, capsys):
+    def test_wrong_key_exits_1(self, keyed_server, tmp_path, capsys):
         """A key the server rejects (401) is an API failure: exit 1."""
         key_file = tmp_path / "key"
         key_file.write_text("tml-wrong")
-        assert 1 == cli.main(["--base-url", mgmt_server.url, "--api-key-file", str(key_file), "list"])
+        assert 1 == cli.main(["--base-url", keyed_server.url, "--api-key-file", str(key_file), "list"])
         assert "401" in capsys.readouterr().err
 
     def test_verbose_logs_requests_without_the_key(self, run, seed_run, tmp_path, mgmt_service):

@@ -41,9 +41,9 @@ def _signed_requests(server):
 
 
 @pytest.fixture
-def slow_reader(mgmt_server, mgmt_service):
+def slow_reader(keyed_server, mgmt_service):
     """A ServiceClient whose read timeout is 0.3 s, so a stalled transfer is abandoned quickly."""
-    with tp.ServiceClient(base_url=mgmt_server.url, api_key=mgmt_service.config.api_key, timeout=(2.0, 0.3),
+    with tp.ServiceClient(base_url=keyed_server.url, api_key=mgmt_service.config.api_key, timeout=(2.0, 0.3),
                           backoff_factor=0, max_retries=1) as service:
         yield service
 
@@ -72,57 +72,57 @@ def _via(proxy, server, service, path):
 class TestDownloadCheckpoint:
     """Tests for `download_checkpoint` against LocalServer."""
 
-    def test_full_download_is_verified_and_extracted(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_full_download_is_verified_and_extracted(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """The archive is fetched whole, its sha256 checked, and its files extracted under <dest>/<run>/<kind>/<name>."""
         _, (path,) = seed_run(["a"])
-        blob, digest = _archive(mgmt_server, mgmt_service, path)
+        blob, digest = _archive(keyed_server, mgmt_service, path)
         result = manage.download_checkpoint(mgmt_service, path, tmp_path / "out").result()
         target = _target(tmp_path / "out", path)
         assert (target, len(blob), len(blob), 0, digest, True) == (
             result.directory, result.archive_bytes, result.bytes_fetched, result.resumed_from, result.sha256,
             result.sha256_verified)
         assert ("manifest.json", "optimizer.bin", "weights.bin") == result.files
-        info = requests.get(mgmt_server.url + "/local/v1/checkpoint", params={"tinker_path": path},
+        info = requests.get(keyed_server.url + "/local/v1/checkpoint", params={"tinker_path": path},
                             headers={"X-API-Key": mgmt_service.config.api_key}, timeout=10).json()
         with open(os.path.join(target, "weights.bin"), "rb") as f:
             assert info["weights_sha256"] == hashlib.sha256(f.read()).hexdigest()
         assert ["a"] == sorted(os.listdir(os.path.dirname(target)))  # no partial file or staging dir left
 
-    def test_waits_while_the_archive_is_built(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_waits_while_the_archive_is_built(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """503 answers (with Retry-After) are waited out and reported as 'waiting' progress, then the download runs."""
         _, (path,) = seed_run(["a"])
-        mgmt_server.faults.add(ARCHIVE_API, status=503, headers={"Retry-After": "0"}, body={"detail": "building"}, count=2)
+        keyed_server.faults.add(ARCHIVE_API, status=503, headers={"Retry-After": "0"}, body={"detail": "building"}, count=2)
         phases = []
         result = manage.download_checkpoint(mgmt_service, path, tmp_path, progress=lambda p: phases.append(p.phase)).result()
         assert ["waiting", "waiting"] == [p for p in phases if p == "waiting"]
         assert ["verifying", "extracting", "done"] == phases[-3:]
         assert result.sha256_verified
 
-    def test_wait_budget_is_bounded(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_wait_budget_is_bounded(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """When the archive is still not ready when the wait budget runs out, the Future fails with APITimeoutError."""
         _, (path,) = seed_run(["a"])
-        mgmt_server.faults.add(ARCHIVE_API, status=503, headers={"Retry-After": "5"}, count=3)
+        keyed_server.faults.add(ARCHIVE_API, status=503, headers={"Retry-After": "5"}, count=3)
         with pytest.raises(tp.APITimeoutError, match="not ready"):
             manage.download_checkpoint(mgmt_service, path, tmp_path, wait_timeout=1).result()
-        assert 0 == _signed_requests(mgmt_server)
+        assert 0 == _signed_requests(keyed_server)
 
-    def test_signed_url_never_receives_the_api_key(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_signed_url_never_receives_the_api_key(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """The redirect is followed by a bare request: no X-API-Key (nor any other credential) reaches the signed URL."""
         _, (path,) = seed_run(["a"])
-        with _Proxy(mgmt_server.url) as proxy:
-            _via(proxy, mgmt_server, mgmt_service, path)
+        with _Proxy(keyed_server.url) as proxy:
+            _via(proxy, keyed_server, mgmt_service, path)
             result = manage.download_checkpoint(mgmt_service, path, tmp_path).result()
         (seen,) = proxy.records
         assert set() == set(seen.headers) & {"x-api-key", "authorization", "cookie"}
         assert mgmt_service.config.api_key not in repr(seen)
         assert result.sha256_verified
 
-    def test_connection_cut_mid_download_is_resumed(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_connection_cut_mid_download_is_resumed(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A connection closed mid-body is resumed in the same call with Range from the bytes received; none twice."""
         _, (path,) = seed_run(["big"], rank=64)
-        blob, digest = _archive(mgmt_server, mgmt_service, path)
-        with _Proxy(mgmt_server.url) as proxy:
-            _via(proxy, mgmt_server, mgmt_service, path)
+        blob, digest = _archive(keyed_server, mgmt_service, path)
+        with _Proxy(keyed_server.url) as proxy:
+            _via(proxy, keyed_server, mgmt_service, path)
             proxy.add("truncate", path=SIGNED)  # sends the head and half the body, then closes
             result = manage.download_checkpoint(mgmt_service, path, tmp_path).result()
         first, resumed = proxy.records
@@ -131,12 +131,12 @@ class TestDownloadCheckpoint:
         assert (None, True) == (first.headers.get("range"), len(blob) // 2 - manage.CHUNK_SIZE < kept <= len(blob) // 2)
         assert (0, 1, len(blob), digest) == (result.resumed_from, result.range_requests, result.bytes_fetched, result.sha256)
 
-    def test_interrupted_download_resumes_on_the_next_call(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_interrupted_download_resumes_on_the_next_call(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """With no resume allowed, a cut fails the call keeping the partial file; the next call fetches only the rest."""
         _, (path,) = seed_run(["big"], rank=64)
-        blob, digest = _archive(mgmt_server, mgmt_service, path)
-        with _Proxy(mgmt_server.url) as proxy:
-            _via(proxy, mgmt_server, mgmt_service, path)
+        blob, digest = _archive(keyed_server, mgmt_service, path)
+        with _Proxy(keyed_server.url) as proxy:
+            _via(proxy, keyed_server, mgmt_service, path)
             proxy.add("truncate", path=SIGNED)
             with pytest.raises(manage.DownloadError, match="call again to resume") as info:
                 manage.download_checkpoint(mgmt_service, path, tmp_path, max_resumes=0).result()
@@ -148,42 +148,42 @@ class TestDownloadCheckpoint:
                                                        result.sha256)
         assert result.bytes_fetched < result.archive_bytes
         assert (True, False) == (os.path.isdir(result.directory), os.path.exists(part))
-        assert 1 == _signed_responses(mgmt_server, 206)
+        assert 1 == _signed_responses(keyed_server, 206)
 
-    def test_stalled_transfer_is_resumed_in_the_same_call(self, slow_reader, mgmt_server, seed_run, tmp_path):
+    def test_stalled_transfer_is_resumed_in_the_same_call(self, slow_reader, keyed_server, seed_run, tmp_path):
         """A transfer that stalls mid-body is abandoned at the read timeout and resumed with Range from the bytes kept."""
         _, (path,) = seed_run(["big"], rank=64)
-        blob, digest = _archive(mgmt_server, slow_reader, path)
+        blob, digest = _archive(keyed_server, slow_reader, path)
         cut = 2 * manage.CHUNK_SIZE
         assert len(blob) > 3 * manage.CHUNK_SIZE
         # The faulty answer promises the whole archive but sends only `cut` bytes, then stalls.
-        mgmt_server.faults.add(SIGNED, status=200, body=blob[:cut],
+        keyed_server.faults.add(SIGNED, status=200, body=blob[:cut],
                                headers={"Content-Length": str(len(blob)), "X-Checkpoint-SHA256": digest})
         result = manage.download_checkpoint(slow_reader, path, tmp_path).result()
         # One Range request fetched the rest: no byte was fetched twice.
         assert (0, 1, len(blob)) == (result.resumed_from, result.range_requests, result.bytes_fetched)
         assert (digest, True) == (result.sha256, result.sha256_verified)
-        assert 1 == _signed_responses(mgmt_server, 206)
+        assert 1 == _signed_responses(keyed_server, 206)
 
-    def test_corrupted_archive_is_refused_and_kept(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_corrupted_archive_is_refused_and_kept(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A sha256 mismatch fails the Future, extracts nothing and keeps the file; the next call fetches it again."""
         _, (path,) = seed_run(["a"])
-        blob, digest = _archive(mgmt_server, mgmt_service, path)
+        blob, digest = _archive(keyed_server, mgmt_service, path)
         bad = bytearray(blob)
         bad[len(bad) // 2] ^= 0xFF
-        mgmt_server.faults.add(SIGNED, status=200, body=bytes(bad), headers={"X-Checkpoint-SHA256": digest})
+        keyed_server.faults.add(SIGNED, status=200, body=bytes(bad), headers={"X-Checkpoint-SHA256": digest})
         with pytest.raises(manage.ArchiveChecksumError, match="sha256") as info:
             manage.download_checkpoint(mgmt_service, path, tmp_path).result()
         assert (len(blob), False) == (os.path.getsize(info.value.partial_path), os.path.exists(_target(tmp_path, path)))
         result = manage.download_checkpoint(mgmt_service, path, tmp_path).result()
         assert (digest, len(blob)) == (result.sha256, result.bytes_fetched)
 
-    def test_hostile_archive_from_the_server_is_not_extracted(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_hostile_archive_from_the_server_is_not_extracted(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A verified archive holding a path escape is refused; nothing is written outside or inside the target."""
         _, (path,) = seed_run(["a"])
         hostile = _tar([_file("../escaped.txt")])
         digest = hashlib.sha256(hostile).hexdigest()
-        mgmt_server.faults.add(SIGNED, status=200, body=hostile, headers={"X-Checkpoint-SHA256": digest})
+        keyed_server.faults.add(SIGNED, status=200, body=hostile, headers={"X-Checkpoint-SHA256": digest})
         dest = tmp_path / "dest"
         with pytest.raises(manage.UnsafeArchiveError, match=r"\.\."):
             manage.download_checkpoint(mgmt_service, path, dest).result()
@@ -191,40 +191,40 @@ class TestDownloadCheckpoint:
         assert (False, False) == (os.path.exists(target), os.path.exists(os.path.join(os.path.dirname(target), "escaped.txt")))
         assert [] == [n for n in os.listdir(os.path.dirname(target)) if n.endswith(".extract")]
 
-    def test_expired_signed_url_is_refreshed_once(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_expired_signed_url_is_refreshed_once(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A signed URL answered 403 (expired) is replaced by asking the API again, once."""
         _, (path,) = seed_run(["a"])
-        mgmt_server.faults.add(SIGNED, status=403, body={"detail": "download URL expired"})
+        keyed_server.faults.add(SIGNED, status=403, body={"detail": "download URL expired"})
         result = manage.download_checkpoint(mgmt_service, path, tmp_path).result()
-        archive_requests = sum(n for p, n in mgmt_server.stats.requests.items() if p.endswith("/archive"))
+        archive_requests = sum(n for p, n in keyed_server.stats.requests.items() if p.endswith("/archive"))
         assert (2, True) == (archive_requests, result.sha256_verified)
 
-    def test_url_in_a_json_answer_is_accepted(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_url_in_a_json_answer_is_accepted(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """An API that answers 200 with {"url": ...} instead of redirecting is followed the same way."""
         _, (path,) = seed_run(["a"])
         run, kind, name = path[len("tinker://"):].split("/")
-        api = "%s/api/v1/training_runs/%s/checkpoints/%s/%s/archive" % (mgmt_server.url, run, kind, name)
+        api = "%s/api/v1/training_runs/%s/checkpoints/%s/%s/archive" % (keyed_server.url, run, kind, name)
         signed = requests.get(api, headers={"X-API-Key": mgmt_service.config.api_key}, allow_redirects=False,
                               timeout=10).json()["url"]
-        mgmt_server.faults.add(ARCHIVE_API, status=200, body={"url": signed})
+        keyed_server.faults.add(ARCHIVE_API, status=200, body={"url": signed})
         assert manage.download_checkpoint(mgmt_service, path, tmp_path).result().sha256_verified
 
-    def test_without_a_server_hash_only_the_size_is_checked(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_without_a_server_hash_only_the_size_is_checked(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """When the server sends no sha256 the size is still checked and the result says it was not hash-verified."""
         _, (path,) = seed_run(["a"])
-        blob, digest = _archive(mgmt_server, mgmt_service, path)
-        mgmt_server.faults.add(SIGNED, status=200, body=blob)
+        blob, digest = _archive(keyed_server, mgmt_service, path)
+        keyed_server.faults.add(SIGNED, status=200, body=blob)
         result = manage.download_checkpoint(mgmt_service, path, tmp_path).result()
         assert (False, digest) == (result.sha256_verified, result.sha256)
 
-    def test_redirect_without_location_fails(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_redirect_without_location_fails(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A redirect that names no URL fails the Future instead of being guessed at."""
         _, (path,) = seed_run(["a"])
-        mgmt_server.faults.add(ARCHIVE_API, status=302, body={})
+        keyed_server.faults.add(ARCHIVE_API, status=302, body={})
         with pytest.raises(tp.APIConnectionError, match="Location"):
             manage.download_checkpoint(mgmt_service, path, tmp_path).result()
 
-    def test_refuses_to_overwrite_unless_asked(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_refuses_to_overwrite_unless_asked(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """An existing target fails the Future with FileExistsError before any download; overwrite=True replaces it."""
         _, (path,) = seed_run(["a"])
         target = _target(tmp_path, path)
@@ -233,7 +233,7 @@ class TestDownloadCheckpoint:
             f.write("old")
         with pytest.raises(FileExistsError):
             manage.download_checkpoint(mgmt_service, path, tmp_path).result()
-        assert 0 == _signed_requests(mgmt_server)
+        assert 0 == _signed_requests(keyed_server)
         result = manage.download_checkpoint(mgmt_service, path, tmp_path, overwrite=True).result()
         assert ["manifest.json", "optimizer.bin", "weights.bin"] == sorted(os.listdir(result.directory))
 

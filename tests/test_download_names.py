@@ -7,7 +7,7 @@ import pytest
 import tinkex_persist as tp
 from tinkex_persist import checkpoints, download
 
-from conftest import MGMT_API_KEY
+from conftest import SERVER_KEY
 
 NAMES = ["名前", "emoji-🚀", "café au lait", "ascii-only"]
 
@@ -16,7 +16,7 @@ class TestNamesOutsideLatin1:
     """Tests for checkpoints whose names hold characters an HTTP header cannot carry raw."""
 
     @pytest.mark.parametrize("name", NAMES)
-    def test_downloads_and_extracts(self, mgmt_service, mgmt_server, seed_run, tmp_path, name):
+    def test_downloads_and_extracts(self, mgmt_service, keyed_server, seed_run, tmp_path, name):
         """A checkpoint named outside Latin-1 downloads, verifies and extracts under its own name.
 
         Failed on the old main: the server could not encode its Content-Disposition header and dropped
@@ -38,28 +38,28 @@ class TestNamesOutsideLatin1:
         assert ["deleted"] == [o.status for o in report.outcomes]
         assert [] == checkpoints.list_checkpoints(mgmt_service, run_id).result()
 
-    def test_archive_header_names_the_file_in_utf8(self, mgmt_service, mgmt_server, seed_run):
+    def test_archive_header_names_the_file_in_utf8(self, mgmt_service, keyed_server, seed_run):
         """The signed URL answers with an ASCII fallback and the UTF-8 ``filename*`` of RFC 6266."""
         import requests
 
         _, (path,) = seed_run(["名前"])
         run, kind, name = path[len("tinker://"):].split("/")
-        url = "%s/api/v1/training_runs/%s/checkpoints/%s/%s/archive" % (mgmt_server.url, run, kind, name)
-        resp = requests.get(url, headers={"X-API-Key": MGMT_API_KEY}, timeout=10)
+        url = "%s/api/v1/training_runs/%s/checkpoints/%s/%s/archive" % (keyed_server.url, run, kind, name)
+        resp = requests.get(url, headers={"X-API-Key": SERVER_KEY}, timeout=10)
         assert 200 == resp.status_code
         expected = "attachment; filename=\"__.tar\"; filename*=UTF-8''%E5%90%8D%E5%89%8D.tar"
         assert expected == resp.headers["Content-Disposition"]
 
-    def test_request_path_is_percent_encoded_utf8(self, mgmt_service, mgmt_server, seed_run):
+    def test_request_path_is_percent_encoded_utf8(self, mgmt_service, keyed_server, seed_run):
         """The client sends the name percent-encoded as UTF-8 in the REST path (what httpx sends for the SDK)."""
         run_id, (path,) = seed_run(["emoji-🚀"])
         checkpoints.set_checkpoint_ttl(mgmt_service, path, 7200).result()
         expected = "/api/v1/training_runs/%s/checkpoints/weights/emoji-%%F0%%9F%%9A%%80/ttl" % run_id
-        assert 1 == mgmt_server.stats.requests[expected]
+        assert 1 == keyed_server.stats.requests[expected]
 
     def test_messages_do_not_carry_the_key(self, mgmt_service, seed_run, tmp_path):
         """A failed download of a non-Latin-1 name says which checkpoint, without the API key."""
         run_id, _ = seed_run(["x"])
         with pytest.raises(tp.NotFoundError) as info:
             download.download_checkpoint(mgmt_service, "tinker://%s/weights/名前-missing" % run_id, tmp_path).result()
-        assert MGMT_API_KEY not in str(info.value)
+        assert SERVER_KEY not in str(info.value)

@@ -9,7 +9,7 @@ import tinkex_persist as tp
 from tinkex_persist.demo import model_state, optim_step
 from tinkex_persist.localserver import LocalServer
 
-from conftest import SDK_KEY as KEY
+from conftest import SERVER_KEY as KEY
 
 tinker = pytest.importorskip("tinker")
 

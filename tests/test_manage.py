@@ -13,9 +13,9 @@ DELETE_PATTERN = "/api/v1/training_runs/*/checkpoints/weights/*"
 
 
 @pytest.fixture
-def mgmt_url(mgmt_server, front):
+def mgmt_url(keyed_server, front):
     """Every test here runs against answers as served and against answers carrying unknown keys at every depth."""
-    return front(mgmt_server.url)
+    return front(keyed_server.url)
 
 
 def _names(checkpoints):
@@ -38,11 +38,11 @@ class TestGetWeightsInfo:
                                   train_mlp=True, train_attn=True, optimizer="adamw")
         assert expected == info
 
-    def test_bad_path_raises_before_sending(self, mgmt_service, mgmt_server):
+    def test_bad_path_raises_before_sending(self, mgmt_service, keyed_server):
         """A path that is not tinker://<run>/<kind>/<name> raises UsageError at once; nothing reaches the server."""
         with pytest.raises(tp.UsageError):
             manage.get_weights_info(mgmt_service, "s3://bucket/x")
-        assert 0 == mgmt_server.stats.requests["/api/v1/weights_info"]
+        assert 0 == keyed_server.stats.requests["/api/v1/weights_info"]
 
     def test_missing_checkpoint_fails_the_future(self, mgmt_service, seed_run):
         """An unknown checkpoint sets NotFoundError on the Future."""
@@ -73,7 +73,7 @@ class TestListCheckpoints:
         assert 7200 == pytest.approx((a.expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds(), abs=60)
         assert None is b.expires_at
 
-    def test_user_listing_fetches_every_page(self, mgmt_service, mgmt_server, seed_run):
+    def test_user_listing_fetches_every_page(self, mgmt_service, keyed_server, seed_run):
         """Without a run id every page of /api/v1/checkpoints is fetched until total_count is reached.
 
         Each page after the first starts on the last entry already read (offsets 0, 1, 2, 3 for five
@@ -82,14 +82,14 @@ class TestListCheckpoints:
         _, paths = seed_run(["a", "b", "c", "d", "e"])
         listed = manage.list_checkpoints(mgmt_service, page_size=2).result()
         assert sorted(paths) == sorted(c.tinker_path for c in listed)
-        assert 4 == mgmt_server.stats.requests["/api/v1/checkpoints"]
+        assert 4 == keyed_server.stats.requests["/api/v1/checkpoints"]
 
-    def test_limit_stops_paging_early(self, mgmt_service, mgmt_server, seed_run):
+    def test_limit_stops_paging_early(self, mgmt_service, keyed_server, seed_run):
         """``limit`` returns at most that many and asks for no page beyond them."""
         seed_run(["a", "b", "c", "d", "e"])
         listed = manage.list_checkpoints(mgmt_service, limit=3, page_size=2).result()
         assert ["e", "d", "c"] == _names(listed)
-        assert 2 == mgmt_server.stats.requests["/api/v1/checkpoints"]
+        assert 2 == keyed_server.stats.requests["/api/v1/checkpoints"]
 
     def test_json_form_is_rfc3339(self, mgmt_service, seed_run):
         """``to_json`` gives RFC 3339 UTC strings ending in Z and keeps the SDK's key names."""
@@ -207,7 +207,7 @@ class TestDeleteCheckpoints:
         assert (True, False) == (report.ok, report.dry_run)
         assert ["c"] == _names(manage.list_checkpoints(mgmt_service, run_id).result())
 
-    def test_dry_run_deletes_nothing(self, mgmt_service, mgmt_server, seed_run):
+    def test_dry_run_deletes_nothing(self, mgmt_service, keyed_server, seed_run):
         """A dry run reports would_delete for each path; the listing is equal before and after and no DELETE is sent."""
         run_id, paths = seed_run(["a", "b"])
         before = manage.list_checkpoints(mgmt_service, run_id).result()
@@ -215,7 +215,7 @@ class TestDeleteCheckpoints:
         after = manage.list_checkpoints(mgmt_service, run_id).result()
         assert before == after
         assert ["would_delete", "would_delete"] == [o.status for o in report.outcomes]
-        assert 0 == _deletes(mgmt_server)
+        assert 0 == _deletes(keyed_server)
 
     def test_dry_run_names_missing_paths(self, mgmt_service, seed_run):
         """A dry run reports a path that does not exist as not_found, and fails with the full report."""
@@ -231,10 +231,10 @@ class TestDeleteCheckpoints:
             manage.delete_checkpoints(mgmt_service, ["tinker://ghost:train:0/weights/a"], dry_run=True).result()
         assert ["not_found"] == [o.status for o in info.value.report.outcomes]
 
-    def test_one_failure_does_not_stop_the_others(self, mgmt_service, mgmt_server, seed_run):
+    def test_one_failure_does_not_stop_the_others(self, mgmt_service, keyed_server, seed_run):
         """A refused delete and a missing path are reported; every other path is still deleted."""
         run_id, paths = seed_run(["a", "b", "c"])
-        mgmt_server.faults.add("/api/v1/training_runs/*/checkpoints/weights/b", method="DELETE", status=403)
+        keyed_server.faults.add("/api/v1/training_runs/*/checkpoints/weights/b", method="DELETE", status=403)
         missing = "tinker://%s/weights/gone" % run_id
         with pytest.raises(manage.CheckpointDeleteError) as info:
             manage.delete_checkpoints(mgmt_service, paths + [missing]).result()
@@ -260,7 +260,7 @@ class TestDeleteCheckpoints:
             report = manage.delete_checkpoints(service, [paths[2], paths[0], paths[2]], max_concurrency=1).result(10)
         assert [paths[2], paths[0]] == report.deleted
 
-    def test_bad_input_raises_before_sending(self, mgmt_service, mgmt_server):
+    def test_bad_input_raises_before_sending(self, mgmt_service, keyed_server):
         """A single str, a malformed path or a bad flag raises at once; nothing is deleted."""
         with pytest.raises(TypeError):
             manage.delete_checkpoints(mgmt_service, "tinker://r/weights/a")
@@ -270,7 +270,7 @@ class TestDeleteCheckpoints:
             manage.delete_checkpoints(mgmt_service, ["tinker://r/weights/a"], dry_run="yes")
         with pytest.raises(tp.UsageError):
             manage.delete_checkpoints(mgmt_service, ["tinker://r/weights/a"], max_concurrency=0)
-        assert 0 == _deletes(mgmt_server)
+        assert 0 == _deletes(keyed_server)
 
     def test_empty_batch_is_a_no_op(self, mgmt_service):
         """No paths: an empty, successful report."""
@@ -288,7 +288,7 @@ class TestKeepLast:
         assert [paths[2], paths[1], paths[0]] == result.deletes.deleted
         assert ["s4", "s3"] == _names(manage.list_checkpoints(mgmt_service, run_id).result())
 
-    def test_dry_run_reports_and_deletes_nothing(self, mgmt_service, mgmt_server, seed_run):
+    def test_dry_run_reports_and_deletes_nothing(self, mgmt_service, keyed_server, seed_run):
         """A dry run reports what would go; the listing is unchanged and no DELETE is sent."""
         run_id, paths = seed_run(["s0", "s1", "s2"])
         before = manage.list_checkpoints(mgmt_service, run_id).result()
@@ -296,7 +296,7 @@ class TestKeepLast:
         assert [paths[1], paths[0]] == result.deletes.deleted
         assert ["would_delete", "would_delete"] == [o.status for o in result.deletes.outcomes]
         assert before == manage.list_checkpoints(mgmt_service, run_id).result()
-        assert 0 == _deletes(mgmt_server)
+        assert 0 == _deletes(keyed_server)
 
     def test_never_deletes_the_only_checkpoint(self, mgmt_service, seed_run):
         """keep_last(1) on a run with one checkpoint deletes nothing; n=0 is refused at once."""
@@ -312,10 +312,10 @@ class TestKeepLast:
         result = manage.keep_last(mgmt_service, run_id, 5).result()
         assert (["b", "a"], []) == (_names(result.kept), result.deletes.deleted)
 
-    def test_partial_failure_is_raised_with_the_report(self, mgmt_service, mgmt_server, seed_run):
+    def test_partial_failure_is_raised_with_the_report(self, mgmt_service, keyed_server, seed_run):
         """A refused delete fails the Future with CheckpointDeleteError; the other deletes still happen."""
         run_id, paths = seed_run(["s0", "s1", "s2"])
-        mgmt_server.faults.add("/api/v1/training_runs/*/checkpoints/weights/s0", method="DELETE", status=403)
+        keyed_server.faults.add("/api/v1/training_runs/*/checkpoints/weights/s0", method="DELETE", status=403)
         with pytest.raises(manage.CheckpointDeleteError) as info:
             manage.keep_last(mgmt_service, run_id, 1).result()
         assert ["deleted", "failed"] == [o.status for o in info.value.report.outcomes]

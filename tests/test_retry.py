@@ -372,30 +372,30 @@ ARCHIVE_API = "/api/v1/training_runs/*/archive"
 class TestDownloadUnderThePolicy:
     """Tests for the archive wait and the download resume, which follow the same policy."""
 
-    def test_archive_wait_honours_an_http_date(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_archive_wait_honours_an_http_date(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A 503 whose Retry-After is an HTTP date a moment ahead is waited out, then the download completes."""
         _, (path,) = seed_run(["a"])
         when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=1), usegmt=True)
-        mgmt_server.faults.add(ARCHIVE_API, status=503, headers={"Retry-After": when}, body={"detail": "building"})
+        keyed_server.faults.add(ARCHIVE_API, status=503, headers={"Retry-After": when}, body={"detail": "building"})
         phases = []
         result = tp.download_checkpoint(mgmt_service, path, str(tmp_path), progress=lambda p: phases.append(p.phase)).result()
         assert (["waiting"], True) == ([p for p in phases if p == "waiting"], result.sha256_verified)
 
-    def test_archive_wait_ends_at_once_when_the_date_is_past_the_budget(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_archive_wait_ends_at_once_when_the_date_is_past_the_budget(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A Retry-After date beyond the wait budget ends the wait at once with APITimeoutError after one check."""
         _, (path,) = seed_run(["a"])
         when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=300), usegmt=True)
-        mgmt_server.faults.add(ARCHIVE_API, status=503, headers={"Retry-After": when}, count=5)
+        keyed_server.faults.add(ARCHIVE_API, status=503, headers={"Retry-After": when}, count=5)
         t0 = time.monotonic()
         with pytest.raises(tp.APITimeoutError, match=r"not ready after \d+ s \(1 checks") as info:
             tp.download_checkpoint(mgmt_service, path, str(tmp_path), wait_timeout=30).result()
         assert time.monotonic() - t0 < 30
         assert [503] == [h.status for h in retries_of(info.value).history]
 
-    def test_signed_url_at_an_unresolvable_host_fails_at_once(self, mgmt_service, mgmt_server, seed_run, tmp_path):
+    def test_signed_url_at_an_unresolvable_host_fails_at_once(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A signed URL whose host cannot resolve is not resumed: DownloadError names the host, no resume tried."""
         _, (path,) = seed_run(["a"])
-        mgmt_server.faults.add(ARCHIVE_API, status=302, headers={"Location": "https://nonexistent.invalid/a.tar"}, body={})
+        keyed_server.faults.add(ARCHIVE_API, status=302, headers={"Location": "https://nonexistent.invalid/a.tar"}, body={})
         with pytest.raises(tp.DownloadError) as info:
             tp.download_checkpoint(mgmt_service, path, str(tmp_path), max_resumes=5).result()
         assert "(cannot resolve host nonexistent.invalid); 0 resume(s) tried" in str(info.value)

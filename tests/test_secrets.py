@@ -9,11 +9,12 @@ import traceback
 import pytest
 
 import tinkex_persist as tp
+from conftest import SERVER_KEY
 from faultproxy import FaultProxy
 from tinkex_persist import cli
 from tinkex_persist.localserver import LocalServer
 
-KEY = "tml-SECRET-key-5f1e2d3c4b5a69788796"
+KEY = SERVER_KEY
 TOKEN = "wat-SECRET-token-0a1b2c3d4e5f"
 
 
@@ -33,13 +34,6 @@ def _texts(value):
 def _assert_clean(texts):
     leaks = [t for t in texts if KEY in t or TOKEN in t]
     assert [] == leaks
-
-
-@pytest.fixture
-def keyed_server(tmp_path):
-    """A LocalServer that requires KEY."""
-    with LocalServer(tmp_path / "srv", api_key=KEY) as server:
-        yield server
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 
+from conftest import wait_until
 from tinkex_persist.localserver import LocalServer
 
 BASE = "Qwen/Qwen3-8B"
@@ -359,9 +360,7 @@ class TestSeqOrdering:
             target=lambda: results.update(save=api.__class__(api.url).call("/api/v1/save_weights", body))
         )
         waiter.start()
-        deadline = time.monotonic() + 5
-        while server.seq_log.get(mid) != [2] and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: server.seq_log.get(mid) == [2])
         api.step(mid, 1)
         waiter.join(5)
         entry = api.get("/local/v1/checkpoint", params={"tinker_path": results["save"]["path"]}).json()

@@ -13,10 +13,10 @@ import time
 import pytest
 import requests
 
-from conftest import Api
+from conftest import SERVER_KEY, Api, wait_until
 from tinkex_persist.localserver import LocalServer
 
-KEY = "tml-hardening-key"
+KEY = SERVER_KEY
 
 ROUTES = [
     ("POST", "/api/v1/create_session", {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0", "type": "create_session"}),
@@ -36,13 +36,12 @@ ROUTES = [
 
 
 @pytest.fixture
-def keyed(tmp_path):
-    """A LocalServer requiring KEY, with one saved checkpoint ``a``; yields (server, Api with the key, run_id)."""
-    with LocalServer(tmp_path / "root", api_key=KEY) as server:
-        api = Api(server.url, api_key=KEY)
-        run = api.model()
-        api.save(run, 1, "a")
-        yield server, api, run
+def keyed(keyed_server):
+    """``keyed_server`` with one saved checkpoint ``a``; returns (server, Api with the key, run_id)."""
+    api = Api(keyed_server.url, api_key=KEY)
+    run = api.model()
+    api.save(run, 1, "a")
+    return keyed_server, api, run
 
 
 class TestAuthentication:
@@ -137,9 +136,7 @@ class TestLimits:
             finally:
                 for s in silent:
                     s.close()
-            deadline = time.monotonic() + 3
-            while server.open_connections and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: server.open_connections == 0, timeout=3)
             assert 0 == server.open_connections
 
 
@@ -196,9 +193,7 @@ class TestCrashUnderLoad:
             threads = [threading.Thread(target=_saver, args=(url, acked, stop, w), daemon=True) for w in range(8)]
             for t in threads:
                 t.start()
-            deadline = time.monotonic() + 30
-            while len(acked) < after and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: len(acked) >= after, timeout=30)
             proc.kill()
             proc.wait(10)
             stop.set()

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from conftest import SDK_KEY as API_KEY
+from conftest import SERVER_KEY as API_KEY
 
 tinker = pytest.importorskip("tinker")
 

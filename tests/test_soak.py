@@ -19,7 +19,7 @@ import time
 import pytest
 
 import tinkex_persist as tp
-from conftest import TEST_KEY
+from conftest import TEST_KEY, wait_until
 
 MB = 1024 * 1024
 
@@ -113,9 +113,7 @@ def soak(root, ops: int, clients: int, threads: int) -> dict:
     proc.stdin.close()
     proc.wait(30)
     proc.stdout.close()
-    deadline = time.monotonic() + 5
-    while threading.active_count() > base_threads and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: threading.active_count() <= base_threads)
     gc.collect()
     save_times.sort()
     k = max(1, len(save_times) // 10)
