@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import wait_until
 from tinkex_persist.localserver import LocalServer
 
 LOOP = str(pathlib.Path(__file__).with_name("crashloop.py"))
@@ -42,14 +43,8 @@ def _spawn(url, log_dir, side):
 
 def _wait_for(predicate, proc, timeout=20.0):
     """Poll until ``predicate()`` holds or the process exits; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.002)
-    return False
+    wait_until(lambda: predicate() or proc.poll() is not None, timeout=timeout, interval=0.002)
+    return bool(predicate())
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
