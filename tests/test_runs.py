@@ -237,12 +237,12 @@ class TestOfficialSdk:
 
 
 @pytest.fixture
-def run_cli(mgmt_server, mgmt_service, monkeypatch, capsys):
-    """Return ``run(*argv) -> (exit_code, stdout, stderr)`` for ``cli.main`` against mgmt_server."""
+def run_cli(keyed_server, mgmt_service, monkeypatch, capsys):
+    """Return ``run(*argv) -> (exit_code, stdout, stderr)`` for ``cli.main`` against keyed_server."""
     monkeypatch.setenv("TINKER_API_KEY", mgmt_service.config.api_key)
 
     def invoke(*argv):
-        code = cli.main(["--base-url", mgmt_server.url] + list(argv))
+        code = cli.main(["--base-url", keyed_server.url] + list(argv))
         out, err = capsys.readouterr()
         return code, out, err
 
