@@ -14,6 +14,8 @@ from .types import LoadStateResult, SaveStateResult
 __all__ = (
     "create_training_client_from_state",
     "create_training_client_from_state_with_optimizer",
+    "get_training_run",
+    "list_training_runs",
     "load_state",
     "load_state_with_optimizer",
     "save_state",
@@ -135,3 +137,17 @@ def create_training_client_from_state_with_optimizer(
     return check_service(service).create_training_client_from_state_with_optimizer(
         path, base_model=base_model, user_metadata=user_metadata, weights_access_token=weights_access_token
     )
+
+
+def get_training_run(service: ServiceClient, run_id_or_tinker_path: str) -> "concurrent.futures.Future[Any]":
+    """Describe a training run (``last_checkpoint``, ``corrupted``, ...): :func:`tinkex_persist.runs.get_training_run`."""
+    from . import runs  # loaded on first use, like the other REST modules
+
+    return runs.get_training_run(service, run_id_or_tinker_path)
+
+
+def list_training_runs(service: ServiceClient, *, limit: Optional[int] = None) -> "concurrent.futures.Future[Any]":
+    """List the user's training runs, every page: :func:`tinkex_persist.runs.list_training_runs`."""
+    from . import runs
+
+    return runs.list_training_runs(service, limit=limit)
