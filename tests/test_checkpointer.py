@@ -430,3 +430,55 @@ class TestRetention:
         with caplog.at_level(logging.WARNING, LOGGER):
             assert 2 == ckpt.step(tc, 2)["batch"]
         assert ["WARNING"] == [r.levelname for r in caplog.records]
+
+
+class TestResumeInfoCommand:
+    """Tests for ``tinkex-persist resume-info LOG_DIR``."""
+
+    def test_fresh_log_needs_no_server(self, tmp_path, capsys):
+        """An empty log directory: a fresh run at step 0, found without contacting any server."""
+        from tinkex_persist import cli
+
+        assert 0 == cli.main(["resume-info", str(tmp_path), "--json"])
+        data = json.loads(capsys.readouterr().out)
+        assert ("fresh", 0, None, 0) == (data["source"], data["start"], data["path"], data["records"])
+
+    def test_record_is_shown_with_next_step_and_state(self, service, tmp_path, capsys):
+        """After saves, it names the newest record, its checkpoint, the next step and the loop state."""
+        from tinkex_persist import cli
+
+        log = tmp_path / "log"
+        tc = run_loop(tp.Checkpointer(service, log, save_every=2), 4, epoch=7)
+        assert 0 == cli.main(["resume-info", str(log)])
+        out = capsys.readouterr().out
+        assert "resume from record final of %s" % (log / "checkpoints.jsonl") in out
+        assert "tinker://%s/weights/final" % tc.model_id in out
+        assert "next step   4" in out
+        assert "records     3 (2 periodic, 1 final)" in out
+        assert 0 == cli.main(["resume-info", str(log), "--json"])
+        data = json.loads(capsys.readouterr().out)
+        assert ("record", 4, {}, "final") == (data["source"], data["start"], data["state"], data["record"]["name"])
+
+    def test_run_id_is_looked_up_on_the_server(self, service, local_server, tmp_path, capsys, monkeypatch):
+        """With ``--run`` and no record, the run's last checkpoint on the server is shown."""
+        if not hasattr(tp, "get_training_run"):
+            pytest.skip("get_training_run (the training-run route) is not in this version yet")
+        from tinkex_persist import cli
+
+        ckpt = tp.Checkpointer(service, tmp_path / "elsewhere", save_every=2)
+        tc, _ = ckpt.resume_or_create(BASE, rank=1)
+        train(tc, 2)
+        ckpt.step(tc, 2)
+        monkeypatch.setenv("TINKER_API_KEY", "tml-test-secret-key-abcdef")
+        assert 0 == cli.main(["--base-url", local_server.url, "resume-info", str(tmp_path / "new"), "--run", tc.model_id, "--json"])
+        data = json.loads(capsys.readouterr().out)
+        assert ("run", 2, tc.model_id) == (data["source"], data["start"], data["run_id"])
+
+    def test_unusable_record_is_a_usage_error(self, tmp_path, capsys):
+        """A newest record without a step exits 2 with the reason."""
+        from tinkex_persist import cli
+
+        (tmp_path / "checkpoints.jsonl").write_text('{"name": "a", "state_path": "tinker://r/weights/a"}\n')
+        assert 2 == cli.main(["resume-info", str(tmp_path)])
+        assert "no 'batch'" in capsys.readouterr().err
+

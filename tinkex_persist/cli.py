@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="describe a training run", parents=[common])
     q.add_argument("run", metavar="RUN", help="training run id, or any tinker:// path of the run")
     q.set_defaults(func=cmd_runs_info)
+
+    p = add("resume-info", "show where a training loop's Checkpointer would resume from, without creating anything")
+    p.add_argument("log_dir", metavar="LOG_DIR", help="the loop's log directory (holding checkpoints.jsonl)")
+    p.add_argument("--run", metavar="RUN", help="a known training run to resume when the log has no record")
+    p.set_defaults(func=cmd_resume_info)
     return parser
 
 
@@ -593,6 +598,35 @@ def cmd_runs_info(args: argparse.Namespace, out: _Output) -> int:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def cmd_resume_info(args: argparse.Namespace, out: _Output) -> int:
+    """Show what ``Checkpointer.resume_or_create`` would do for a log directory."""
+    from .checkpointer import RECORDS_FILE, read_records, resume_plan
+
+    if args.run is None:
+        plan = resume_plan(args.log_dir)
+    else:
+        with _service(args) as service:
+            plan = resume_plan(args.log_dir, service=service, run_id=args.run)
+    records = read_records(args.log_dir)
+    where = os.path.join(args.log_dir, RECORDS_FILE)
+    if plan.source == "record":
+        what = "resume from record %s of %s" % (plan.record["name"] if plan.record else "?", where)
+    elif plan.source == "run":
+        what = "resume run %s from its last checkpoint (no resumable record in %s)" % (plan.run_id, where)
+    else:
+        what = "start a fresh run (no resumable record in %s%s)" % (
+            where, "; run %s has no training checkpoint" % plan.run_id if plan.run_id else "")
+    rows = [["action", what], ["checkpoint", plan.path or "-"], ["next step", str(plan.start)],
+            ["loop state", json.dumps(plan.state, sort_keys=True) if plan.state else "-"],
+            ["records", "%d (%d periodic, %d final)" % (
+                len(records), sum(1 for r in records if r.get("periodic") is True),
+                sum(1 for r in records if r.get("final") is True))]]
+    width = max(len(r[0]) for r in rows)
+    data = dict(plan.to_json(), records_file=where, records=len(records))
+    out.result("\n".join("%s  %s" % (k.ljust(width), v) for k, v in rows), data)
+    return EXIT_OK
 
 
 def _configure_logging(verbose: bool, stream: TextIO) -> Callable[[], None]:
