@@ -518,9 +518,9 @@ class Checkpointer:
     def _repair_tail(self, fd: int) -> None:
         """Make the file end with a newline: complete a whole last record, cut a torn one."""
         size = os.fstat(fd).st_size
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        if size == 0 or _read_at(fd, size - 1, 1) == b"\n":
             return
-        data = os.pread(fd, size, 0)
+        data = _read_at(fd, 0, size)
         cut = data.rfind(b"\n") + 1
         if _parse_line(data[cut:]) is not None:
             os.write(fd, b"\n")
@@ -602,6 +602,19 @@ class Checkpointer:
                 failed[0].path,
                 failed[0].error,
             )
+
+
+def _read_at(fd: int, offset: int, size: int) -> bytes:
+    # Appends (O_APPEND) always go to the end, so moving the offset to read is safe; os.pread is Unix-only.
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _fsync_dir(path: str) -> None:
