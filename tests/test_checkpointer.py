@@ -165,8 +165,6 @@ class TestResume:
 
     def test_resume_from_a_known_run_id(self, service, tmp_path):
         """With no record, a known run id resumes from the run's server-side ``last_checkpoint`` at its step."""
-        if not hasattr(tp, "get_training_run"):
-            pytest.skip("get_training_run (the training-run route) is not in this version yet")
         first = tp.Checkpointer(service, tmp_path / "lost-log", save_every=2)
         tc, _ = first.resume_or_create(BASE, rank=1)
         train(tc, 4)
@@ -174,6 +172,40 @@ class TestResume:
         ckpt = tp.Checkpointer(service, tmp_path / "new-log", save_every=2, run_id=tc.model_id)
         result = ckpt.resume_or_create(BASE, rank=1)
         assert ("run", 4, {"epoch": 2}) == (ckpt.source, result.start, result.state)
+
+    @pytest.mark.parametrize(
+        "name, metadata, expected",
+        [("000010", None, (10, {})), ("step-x", {"batch": "7"}, (7, {})),
+         ("000003", {"batch": "3", "loop_state": '{"epoch": 4}'}, (3, {"epoch": 4})),
+         ("000005", {"loop_state": "not json"}, (5, {}))],
+    )
+    def test_run_checkpoint_step_from_metadata_or_name(self, service, tmp_path, name, metadata, expected):
+        """A run's last checkpoint gives its step from ``user_metadata["batch"]``, else from a numeric name (the
+        cookbook's ``%06d``); the loop state comes from ``user_metadata["loop_state"]`` when it parses."""
+        tc = service.create_lora_training_client(BASE, rank=1).result()
+        tp.save_state(tc, name, user_metadata=metadata).result()
+        plan = resume_plan(tmp_path, service=service, run_id=tc.model_id)
+        assert ("run", expected[0], expected[1]) == (plan.source, plan.start, plan.state)
+
+    def test_run_checkpoint_without_a_step_is_a_usage_error(self, service, tmp_path):
+        """A run whose last checkpoint has neither a step in its metadata nor a numeric name is refused."""
+        tc = service.create_lora_training_client(BASE, rank=1).result()
+        tp.save_state(tc, "best").result()
+        with pytest.raises(tp.UsageError, match="does not say which step"):
+            resume_plan(tmp_path, service=service, run_id=tc.model_id)
+
+    def test_run_without_checkpoint_starts_fresh(self, service, tmp_path):
+        """A known run with no training checkpoint yet: a fresh run."""
+        tc = service.create_lora_training_client(BASE, rank=1).result()
+        ckpt = tp.Checkpointer(service, tmp_path, save_every=1, run_id=tc.model_id)
+        result = ckpt.resume_or_create(BASE, rank=1)
+        assert ("fresh", 0, None) == (result.source, result.start, result.path)
+        assert tc.model_id != result.training_client.model_id
+
+    def test_unknown_run_raises(self, service, tmp_path):
+        """A run id the server does not know is an error, not a silent fresh start."""
+        with pytest.raises(tp.NotFoundError):
+            tp.Checkpointer(service, tmp_path, save_every=1, run_id="no-such-run").resume_or_create(BASE)
 
     def test_bad_base_model(self, service, tmp_path):
         """An empty base model is refused before anything is sent."""
@@ -461,8 +493,6 @@ class TestResumeInfoCommand:
 
     def test_run_id_is_looked_up_on_the_server(self, service, local_server, tmp_path, capsys, monkeypatch):
         """With ``--run`` and no record, the run's last checkpoint on the server is shown."""
-        if not hasattr(tp, "get_training_run"):
-            pytest.skip("get_training_run (the training-run route) is not in this version yet")
         from tinkex_persist import cli
 
         ckpt = tp.Checkpointer(service, tmp_path / "elsewhere", save_every=2)

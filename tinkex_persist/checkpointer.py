@@ -224,11 +224,8 @@ def resume_plan(
 
 def _last_checkpoint(service: ServiceClient, run_id: str) -> Optional[Tuple[str, Dict[str, str]]]:
     """Return (tinker_path, user_metadata) of the run's ``last_checkpoint``, or None."""
-    from . import api
+    from .runs import get_training_run  # on first use: resumes from a run id are rare
 
-    get_training_run = getattr(api, "get_training_run", None)
-    if get_training_run is None:  # pragma: no cover - until the training-run routes land
-        raise UsageError("resuming from a run id needs get_training_run, which this version lacks")
     run = get_training_run(service, run_id).result()
     checkpoint = run.last_checkpoint
     if checkpoint is None:
