@@ -255,11 +255,22 @@ class TestStep:
         """A finished run resumed at its final step is not saved again by ``finish``."""
         log = tmp_path / "log"
         run_loop(tp.Checkpointer(service, log, save_every=2), 3)
-        ckpt = tp.Checkpointer(service, log, save_every=2)
+        ckpt = tp.Checkpointer(service, log, save_every=3)
         tc, start = ckpt.resume_or_create(BASE, rank=1)
         before = lines(log)
-        assert (3, before[-1]) == (start, ckpt.finish(tc, 3))
+        assert (3, None, before[-1]) == (start, ckpt.step(tc, 3), ckpt.finish(tc, 3))
         assert before == lines(log)
+
+    def test_finish_right_after_resuming_a_periodic_checkpoint_saves_the_final_one(self, service, tmp_path):
+        """Resumed at a periodic checkpoint's step, ``finish`` at that step still saves the final checkpoint."""
+        log = tmp_path / "log"
+        ckpt = tp.Checkpointer(service, log, save_every=2)
+        tc, _ = ckpt.resume_or_create(BASE, rank=1)
+        train(tc, 2)
+        ckpt.step(tc, 2)
+        again = tp.Checkpointer(service, log, save_every=2)
+        resumed, start = again.resume_or_create(BASE, rank=1)
+        assert ("final", 2) == (again.finish(resumed, 2)["name"], start)
 
     def test_finish_at_step_zero_of_a_fresh_run_saves(self, service, tmp_path):
         """A fresh run finished before any step still gets its final checkpoint."""

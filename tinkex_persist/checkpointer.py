@@ -447,13 +447,14 @@ class Checkpointer:
     def _already_saved(self, tc: TrainingClient, step: int, *, final: bool) -> bool:
         if (tc.model_id, step, final) in self._saved:
             return True
-        if self._resumed is None or self._resumed != (tc.model_id, step):
+        if self._resumed != (tc.model_id, step):
             return False
-        # The client was just resumed at this step: its state is that checkpoint's.
+        # The client was just resumed at this step: its state is that checkpoint's. A periodic save would
+        # repeat it; a final one is needed unless it was the final checkpoint.
+        if not final:
+            return True
         newest = [r for r in read_records(self.log_dir) if isinstance(r.get("state_path"), str)]
-        if not newest:
-            return False
-        return (newest[-1].get("final") is True) == final
+        return bool(newest) and newest[-1].get("final") is True
 
     def _save(self, tc: TrainingClient, step: int, state: Dict[str, Any], encoded: str, *, final: bool) -> Dict[str, Any]:
         name = FINAL_NAME if final else "%06d" % step
