@@ -178,12 +178,17 @@ class TestKeyTablePinsBothDirections:
             (_wire.LoadWeightsResponse, api.load(path, False, session_id=api.session(), model_seq_id=0)),
             (_wire.OptimStepResponse, api.step(model_id, 3)),
             (_wire.RequestFailedResponse, api.save(model_id, 4, "c")),
+            (_wire.SessionHeartbeatResponse, api.post("/api/v1/session_heartbeat", {"session_id": api.session(), "type": "session_heartbeat"}).json()),
+            (_wire.GetServerCapabilitiesResponse, api.get("/api/v1/get_server_capabilities").json()),
+            (_wire.TelemetryResponse, api.post("/api/v1/telemetry", {"events": []}).json()),
         ]
         for cls, answer in answers:
             assert set(_wire.KEYS[cls].values()) == set(answer), cls.__name__
         listing = api.get("/api/v1/checkpoints").json()
         assert set(_wire.KEYS[_wire.Checkpoint].values()) == set(listing["checkpoints"][0])
         assert set(_wire.KEYS[_wire.Cursor].values()) == set(listing["cursor"])
+        (model,) = api.get("/api/v1/get_server_capabilities").json()["supported_models"]
+        assert set(_wire.KEYS[_wire.SupportedModel].values()) == set(model)
 
 
 class TestExtraKeysProxy:

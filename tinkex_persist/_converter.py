@@ -67,12 +67,16 @@ def make_converter(direction: str) -> cattrs.Converter:
     for cls, keys in _wire.KEYS.items():
         other = [attr for attr, key in keys.items() if key == _wire.OTHER_KEYS]
         named = {attr: key for attr, key in keys.items() if key != _wire.OTHER_KEYS}
-        overrides = {attr: override(rename=key) for attr, key in named.items() if key != attr}
+        # Typed Any: cattrs' stubs cannot tell these per-attribute overrides from its keyword flags.
+        overrides: Dict[str, Any] = {attr: override(rename=key) for attr, key in named.items() if key != attr}
         overrides.update((attr, override(omit=True)) for attr in other)
-        unstructure = make_dict_unstructure_fn(cls, c, **overrides)
+        unstructure: Callable[[Any], Dict[str, Any]] = make_dict_unstructure_fn(cls, c, **overrides)
         known = frozenset(named.values())
         # An open object never forbids: its unknown keys are data (the SDK's extra="allow").
-        structure = make_dict_structure_fn(cls, c, _cattrs_forbid_extra_keys=strict and not other, **overrides)
+        forbid = strict and not other
+        structure: Callable[[Any, Any], Any] = make_dict_structure_fn(
+            cls, c, _cattrs_forbid_extra_keys=forbid, **overrides
+        )
         if other:
             c.register_unstructure_hook(cls, _open_unstructure(unstructure, cls, other[0], known, strict))
             c.register_structure_hook(cls, _open_structure(structure, other[0], known))

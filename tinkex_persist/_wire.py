@@ -502,6 +502,39 @@ class CheckpointStorageUsageResponse:
     data: List[CheckpointStorageUsageItem]
 
 
+@attrs.frozen(kw_only=True, slots=False)
+class SessionHeartbeatResponse:
+    """Answer to ``session_heartbeat``."""
+
+    type: Optional[str] = None
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class SupportedModel:
+    """One model of the ``get_server_capabilities`` answer; ``None`` means the server does not say."""
+
+    model_name: Optional[str] = None
+    max_context_length: Optional[int] = None
+    """Longest context in tokens."""
+    trainable: Optional[bool] = None
+    sampleable: Optional[bool] = None
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class GetServerCapabilitiesResponse:
+    """Answer to ``GET /api/v1/get_server_capabilities``."""
+
+    supported_models: List[SupportedModel]
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class TelemetryResponse:
+    """Answer to ``POST /api/v1/telemetry``."""
+
+    status: str
+    """``accepted``."""
+
+
 # --------------------------------------------------------------------------- the pinned table
 
 
@@ -602,6 +635,10 @@ KEYS: Mapping[type, Mapping[str, str]] = {
         "estimated_monthly_cost_usd",
     ),
     CheckpointStorageUsageResponse: _identity("effective_rate_usd_per_gigabyte_month", "data"),
+    SessionHeartbeatResponse: _identity("type"),
+    SupportedModel: _identity("model_name", "max_context_length", "trainable", "sampleable"),
+    GetServerCapabilitiesResponse: _identity("supported_models"),
+    TelemetryResponse: _identity("status"),
 }
 
 

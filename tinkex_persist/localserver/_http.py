@@ -295,7 +295,9 @@ def _checkpoint_info(h: Handler, s: Service, req: Any, g: Dict[str, str], query:
     )
 
 
-_CAPABILITIES = {"supported_models": [{"model_name": "Qwen/Qwen3-8B", "trainable": True, "sampleable": False}]}
+_CAPABILITIES = _wire.GetServerCapabilitiesResponse(
+    supported_models=[_wire.SupportedModel(model_name="Qwen/Qwen3-8B", trainable=True, sampleable=False)]
+)
 
 #: (method, path regex, request wire class or None, handler): a Service method name for SUBMITS,
 #: else ``fn(handler, service, request, path_groups, query)`` returning a JSON value or (status, body, headers).
@@ -304,9 +306,9 @@ ROUTES: List[Tuple[str, Pattern[str], Optional[type], Any]] = [
     for m, p, c, f in [
         ("POST", "/api/v1/client/config", _wire.ClientConfigRequest, lambda h, *a: dict(h.server.local.client_config)),
         ("POST", "/api/v1/client/dynamic_config", _wire.ClientConfigRequest, lambda *a: {}),
-        ("POST", "/api/v1/telemetry", None, lambda *a: {"status": "accepted"}),
+        ("POST", "/api/v1/telemetry", None, lambda *a: _converter.encode_response(_wire.TelemetryResponse(status="accepted"))),
         ("GET", "/api/v1/healthz", None, lambda *a: {"status": "ok"}),
-        ("GET", "/api/v1/get_server_capabilities", None, lambda *a: _CAPABILITIES),
+        ("GET", "/api/v1/get_server_capabilities", None, lambda *a: _converter.encode_response(_CAPABILITIES)),
         ("POST", "/api/v1/create_session", _wire.CreateSessionRequest, lambda h, s, r, g, q: s.create_session(r)),
         ("POST", "/api/v1/session_heartbeat", _wire.SessionHeartbeatRequest, lambda h, s, r, g, q: s.heartbeat(r)),
         (

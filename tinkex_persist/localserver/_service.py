@@ -229,7 +229,7 @@ class Service:
     def heartbeat(self, req: _wire.SessionHeartbeatRequest) -> Dict[str, Any]:
         with self._cond:
             self._session(req.session_id)
-        return {"type": "session_heartbeat"}
+        return _answer_json(_wire.SessionHeartbeatResponse(type="session_heartbeat"))
 
     def finish_session(self, sid: str, req: _wire.FinishSessionRequest) -> Dict[str, Any]:
         with self._cond:
