@@ -14,7 +14,7 @@ import pytest
 
 import tinkex_persist as tp
 from tinkex_persist import cli
-from tinkex_persist._retry import RETRY_AFTER_MAX, Deadline, RequestHistory, Retry, parse_retry_after, retries_of
+from tinkex_persist._retry import RETRY_AFTER_MAX, Deadline, RequestHistory, Retry, attach, parse_retry_after, retries_of
 from tinkex_persist._transport import Transport
 from tinkex_persist.config import Config
 from tinkex_persist.localserver import LocalServer
@@ -126,6 +126,47 @@ class TestRetryPolicy:
         copy = pickle.loads(pickle.dumps(r))
         assert (r.history, r.total) == (copy.history, copy.total)
         assert abs(r.deadline.remaining() - copy.deadline.remaining()) < 1
+
+
+class TestInterruptPolicy:
+    """Tests for ``Retry.interrupt`` and ``Transport.abort``."""
+
+    def test_set_interrupt_ends_a_wait_at_once(self):
+        """A wait under a set interrupt returns False at once; an error's recorded policy drops the event (it pickles)."""
+        import threading
+
+        stop = threading.Event()
+        r = Retry(interrupt=stop).increment("GET", "/a", status=503)
+        assert (False, True) == (r.interrupted, r.sleep(0.01))
+        stop.set()
+        t0 = time.monotonic()
+        assert (True, False) == (r.interrupted, r.sleep(30))
+        assert time.monotonic() - t0 < 5
+        exc = attach(tp.APIConnectionError("x"), r)
+        assert r.history == pickle.loads(pickle.dumps(exc)).retries.history
+
+    def test_aborted_transport_sends_nothing(self, proxy):
+        """After ``abort()`` a request fails with APIConnectionError saying the client is stopping; nothing is sent."""
+        t = _transport(proxy.url)
+        t.abort()
+        with pytest.raises(tp.APIConnectionError, match="stopping"):
+            t.request("POST", HEALTH, b"{}")
+        with pytest.raises(tp.APIConnectionError, match="not sent"):
+            t.send("GET", HEALTH)
+        assert [] == proxy.paths()
+
+    def test_abort_during_back_off_ends_the_call(self, proxy):
+        """An abort while the call waits to retry a 503 ends it at once with the stopping error, chained to the 503."""
+        import threading
+
+        proxy.add("status", HEALTH, status=503, count=5)
+        t = _transport(proxy.url, backoff_factor=30, backoff_max=30)
+        threading.Timer(0.3, t.abort).start()
+        t0 = time.monotonic()
+        with pytest.raises(tp.APIConnectionError, match="stopping") as info:
+            t.request("GET", HEALTH)
+        assert time.monotonic() - t0 < 10
+        assert isinstance(info.value.__cause__, tp.InternalServerError)
 
 
 class TestRetryAfter:
@@ -400,3 +441,57 @@ class TestDownloadUnderThePolicy:
             tp.download_checkpoint(mgmt_service, path, str(tmp_path), max_resumes=5).result()
         assert "(cannot resolve host nonexistent.invalid); 0 resume(s) tried" in str(info.value)
         assert 1 == len(retries_of(info.value).history)
+
+
+_CHILD = r"""
+import sys
+import tinkex_persist as tp
+
+def run(svc):
+    tc = svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=30)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    fut = tp.save_state(tc, "slow")
+    print("waiting", flush=True)
+    fut.result()
+    print("saved", flush=True)
+
+if sys.argv[2] == "with":
+    with tp.ServiceClient(base_url=sys.argv[1], api_key="k", heartbeat_interval=None) as svc:
+        run(svc)
+else:
+    run(tp.ServiceClient(base_url=sys.argv[1], api_key="k", heartbeat_interval=None))
+"""
+
+
+class TestInterrupt:
+    """Tests for Ctrl-C while a save is pending on the server: the process ends within seconds, the save not reported."""
+
+    @pytest.mark.parametrize("form", ["with", "bare"])
+    def test_first_ctrl_c_ends_the_process(self, tmp_path, form):
+        """One SIGINT during ``save_state(...).result()`` (the server holds each poll for 60 s) ends the process
+        within seconds, with SIGINT's exit status and without "saved"."""
+        import signal
+        import subprocess
+        import sys
+
+        with LocalServer(tmp_path / "srv", api_key="k") as server:
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, server.url, form], cwd=str(tmp_path),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert "ready\n" == child.stdout.readline()
+                server.faults.add("/api/v1/retrieve_future", delay=60, count=10)
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                assert "waiting\n" == child.stdout.readline()
+                time.sleep(0.5)  # let the worker enter the held long-poll
+                t0 = time.monotonic()
+                child.send_signal(signal.SIGINT)
+                out, err = child.communicate(timeout=30)
+                took = time.monotonic() - t0
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        assert (True, "", True) == (child.returncode in (-signal.SIGINT, 130), out, "KeyboardInterrupt" in err)
+        assert took < 10

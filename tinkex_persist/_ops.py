@@ -8,7 +8,7 @@ from . import _wire
 from ._converter import decode, dumps
 from ._retry import Deadline, History, Retry
 from ._transport import Transport
-from .exceptions import APITimeoutError, DecodeError, PromiseExpiredError, RequestFailedError
+from .exceptions import APIConnectionError, APITimeoutError, DecodeError, PromiseExpiredError, RequestFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def poll(
         respect_retry_after_header=False,
         deadline=deadline,
         max_history=1,
+        interrupt=transport.stopping,
     )
     waits = fresh
     allow_metadata_only = True
@@ -137,6 +138,13 @@ def poll(
                 continue
             waits = waits.increment("POST", path, status=resp.status, error=kind)
             if not waits.sleep():
+                if transport.stopping.is_set():
+                    raise APIConnectionError(
+                        "stopped waiting for request %s: the client is stopping (the server may still complete it)"
+                        % request_id,
+                        method="POST",
+                        url=path,
+                    )
                 raise _poll_timeout(request_id, cfg.poll_timeout)
             continue
         if isinstance(data, dict) and "error" in data and "category" in data and kind is None:

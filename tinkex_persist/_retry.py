@@ -8,6 +8,7 @@ the download resume all decide "again, and after how long?" here, bounded by one
 import email.utils
 import logging
 import random
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, FrozenSet, Mapping, Optional, Tuple, TypeVar
@@ -127,9 +128,13 @@ class Retry:
     max_history: Optional[int] = None
     #: Monotonic time of the first failure to reach the server, for ``patience``.
     unreachable_since: Optional[float] = None
+    #: Set to end every wait at once (the process is stopping); not kept on pickling.
+    interrupt: Optional[threading.Event] = attrs.field(default=None, eq=False, repr=False)
 
     @classmethod
-    def from_config(cls, config: Any, deadline: Optional[Deadline] = None) -> "Retry":
+    def from_config(
+        cls, config: Any, deadline: Optional[Deadline] = None, interrupt: Optional[threading.Event] = None
+    ) -> "Retry":
         """The transport's policy for one call under ``config``, bounded by ``deadline``."""
         return cls(
             total=config.max_retries,
@@ -137,7 +142,13 @@ class Retry:
             backoff_max=config.backoff_max,
             patience=config.connect_patience,
             deadline=deadline if deadline is not None else Deadline(config.retry_deadline),
+            interrupt=interrupt,
         )
+
+    @property
+    def interrupted(self) -> bool:
+        """True once ``interrupt`` is set."""
+        return self.interrupt is not None and self.interrupt.is_set()
 
     def new(self, **changes: Any) -> "Retry":
         """A copy with ``changes`` applied."""
@@ -226,7 +237,7 @@ class Retry:
         ``wait`` defaults to :meth:`next_wait`.
         """
         wait = self.next_wait() if wait is None else wait
-        if wait >= self.time_left():
+        if wait >= self.time_left() or self.interrupted:
             return False
         if self.history:
             last = self.history[-1]
@@ -234,6 +245,8 @@ class Retry:
                 "retrying %s %s in %.2fs after %s (attempt %d)",
                 last.method, last.path, wait, last.error or last.status, self.failures,
             )
+        if self.interrupt is not None:
+            return not self.interrupt.wait(wait)
         if wait > 0:
             time.sleep(wait)
         return True
@@ -247,7 +260,7 @@ E = TypeVar("E", bound=BaseException)
 
 def attach(exc: E, retry: Retry) -> E:
     """Record on ``exc`` the policy, with its history, under which the call failed; return ``exc``."""
-    exc.retries = retry  # type: ignore[attr-defined]
+    exc.retries = retry if retry.interrupt is None else retry.new(interrupt=None)  # type: ignore[attr-defined]
     return exc
 
 

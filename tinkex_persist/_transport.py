@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 import uuid
+import weakref
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -149,6 +150,11 @@ class Transport:
         self._sessions: List[requests.Session] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: Set by abort(): waits end, nothing new is sent, and reads in progress are cut.
+        self.stopping = threading.Event()
+        #: Connections lent out by this transport's pools (tracked so that abort() can cut their reads).
+        self._in_flight: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        _watch_exit(self)
         self._headers = {
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
@@ -172,6 +178,7 @@ class Transport:
             s.proxies.update(self._proxies)
             s.verify = self.config.verify
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+            _track_connections(adapter, self._in_flight)
             s.mount("http://", adapter)
             s.mount("https://", adapter)
             with self._lock:
@@ -194,6 +201,21 @@ class Transport:
     def redact(self, text: str) -> str:
         """``text`` without the API key, for a message built from the server's words."""
         return redact(text, self._secrets(None))
+
+    def abort(self) -> None:
+        """Stop: end waits between attempts, send nothing more, and cut reads in progress (a held long-poll).
+
+        A request already on the server may still complete there; the call that sent it fails with
+        :class:`APIConnectionError` and is never reported as done.
+        """
+        self.stopping.set()
+        for conn in list(self._in_flight):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         """Close every Session this transport created."""
@@ -221,6 +243,8 @@ class Transport:
         timeout bounds each wait for bytes, and ``deadline`` bounds the whole answer, so a server
         trickling bytes cannot hold the call past it.
         """
+        if self.stopping.is_set():
+            raise APIConnectionError("%s %s not sent: the client is stopping" % (method, path), method=method, url=path)
         _, adapter = self._session()
         # A request prepared by hand and handed to the adapter skips Session.request's per-call
         # merging of environment, cookies and hooks: none apply here (trust_env is off, proxies and
@@ -267,6 +291,14 @@ class Transport:
         )
         return resp
 
+    def stopped_error(self, method: str, path: str) -> APIConnectionError:
+        """The error of a call ended by :meth:`abort`."""
+        return APIConnectionError(
+            "%s %s stopped: the client is stopping (the server may still complete the request)" % (method, path),
+            method=method,
+            url=path,
+        )
+
     def note_failure(self, retry: Retry, method: str, path: str, exc: APIConnectionError) -> Retry:
         """``retry`` incremented for an attempt that got no answer; raise ``exc`` at once if it cannot heal."""
         return note_failure(retry, method, path, exc, exc.__cause__, self._host, self._port)
@@ -297,11 +329,13 @@ class Transport:
         """
         cfg = self.config
         if retry is None:
-            retry = Retry.from_config(cfg, deadline)
+            retry = Retry.from_config(cfg, deadline, self.stopping)
         headers: Dict[str, str] = dict(extra_headers or {})
         if method in ("POST", "PUT", "DELETE"):
             headers.setdefault("X-Idempotency-Key", uuid.uuid4().hex)
         while True:
+            if self.stopping.is_set():
+                raise attach(self.stopped_error(method, path), retry)
             try:
                 resp = self.send(method, path, body, timeout=timeout, headers=headers, deadline=retry.deadline)
             except APIConnectionError as exc:
@@ -323,7 +357,62 @@ class Transport:
                     if not retry.is_retry(resp.status):
                         raise attach(failure, retry)
             if retry.is_exhausted() or not retry.sleep():
+                if self.stopping.is_set():
+                    raise attach(self.stopped_error(method, path), retry) from failure
                 raise attach(failure, retry)
+
+
+_LIVE: "weakref.WeakSet[Transport]" = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _watch_exit(transport: Transport) -> None:
+    """Abort ``transport`` when the interpreter exits (after a Ctrl-C ended the main thread, say).
+
+    The hook must run before ``concurrent.futures`` joins its workers at exit, or a worker held in a
+    long-poll keeps the process alive: hooks run in reverse order of registration, so it is registered
+    after importing ``concurrent.futures.thread``.
+    """
+    global _exit_hook_registered
+    _LIVE.add(transport)
+    with _exit_hook_lock:
+        if _exit_hook_registered:
+            return
+        import concurrent.futures.thread  # noqa: F401 - registers its own exit hook first
+
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            try:
+                register(_abort_all)
+            except RuntimeError:  # the interpreter is already shutting down
+                return
+        _exit_hook_registered = True
+
+
+def _abort_all() -> None:
+    for transport in list(_LIVE):
+        transport.abort()
+
+
+def _track_connections(adapter: requests.adapters.HTTPAdapter, in_flight: "weakref.WeakSet[Any]") -> None:
+    """Make ``adapter``'s pools record each connection they lend out in ``in_flight`` until it comes back."""
+    manager = adapter.poolmanager
+    classes = {}
+    for scheme, base in manager.pool_classes_by_scheme.items():
+
+        def _get_conn(self: Any, timeout: Optional[float] = None, _base: Any = base) -> Any:
+            conn = _base._get_conn(self, timeout)
+            in_flight.add(conn)
+            return conn
+
+        def _put_conn(self: Any, conn: Any, _base: Any = base) -> None:
+            if conn is not None:
+                in_flight.discard(conn)
+            _base._put_conn(self, conn)
+
+        classes[scheme] = type("Tracked" + base.__name__, (base,), {"_get_conn": _get_conn, "_put_conn": _put_conn})
+    manager.pool_classes_by_scheme = classes
 
 
 #: Shortest read timeout an attempt gets near its deadline, in seconds.

@@ -104,7 +104,10 @@ class ServiceClient:
     def __enter__(self) -> "ServiceClient":
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Ctrl-C (KeyboardInterrupt) or SystemExit: stop waiting for the server instead of finishing.
+            self._transport.abort()
         self.close()
 
     # ------------------------------------------------------------------ plumbing
