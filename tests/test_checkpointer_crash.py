@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import wait_until
+import tinkex_persist as tp
 from tinkex_persist.localserver import LocalServer
 
 LOOP = str(pathlib.Path(__file__).with_name("crashloop.py"))
@@ -112,8 +113,19 @@ class TestKillAndResume:
                     break
                 assert -signal.SIGKILL == proc.returncode, err.decode()[-2000:]
 
+            with tp.ServiceClient(base_url=server.url, api_key=API_KEY, heartbeat_interval=None) as service:
+                listed = {c.tinker_path for c in tp.list_checkpoints(service).result() if c.checkpoint_type == "training"}
+
         assert KILLS == kills
         assert {"time", "save", "record"} == set(modes)
         assert reference == final
         records = _records(log_dir)
         assert {"name": "final", "batch": TOTAL, "final": True} == {k: records[-1][k] for k in ("name", "batch", "final")}
+        reference_runs = {r["state_path"].split("/")[2] for r in _records(tmp_path / "reference")}
+        ours = {p for p in listed if p.split("/")[2] not in reference_runs}
+        recorded = {r["state_path"] for r in records}
+        periodic = [r["state_path"] for r in records if r.get("periodic")]
+        # Retention left exactly the newest KEEP_LAST periodic checkpoints and the final one of those recorded...
+        assert set(periodic[-KEEP_LAST:]) | {records[-1]["state_path"]} == ours & recorded
+        # ...and never touched the checkpoints committed by a process killed before it recorded them.
+        assert ours - recorded, "no kill landed between a committed save and its record"

@@ -433,6 +433,7 @@ class Checkpointer:
             newest = [r for r in read_records(self.log_dir) if isinstance(r.get("state_path"), str)]
             if newest and newest[-1].get("final") is True and newest[-1].get("batch") == step:
                 logger.info("run already finished at step %d (%s); not saved again", step, newest[-1]["state_path"])
+                self._prune()  # what a killed run left to prune
                 return newest[-1]
         record = self._save(tc, step, state, encoded, final=True)
         self._prune()
