@@ -166,6 +166,35 @@ class TestOneServerPerRoot:
             assert sorted([first, second]) == _listed(api_for(server.url))
 
 
+class TestFailedStart:
+    """Tests for a start that fails after the root was locked: the lock is released again."""
+
+    def test_port_in_use(self, tmp_path):
+        """A port already bound raises ``OSError``; the root is free for the next server."""
+        with LocalServer(tmp_path / "a") as first:
+            with pytest.raises(OSError):
+                LocalServer(tmp_path / "b", port=first.port).start()
+        with LocalServer(tmp_path / "b") as second:
+            assert True is second.running
+
+    def test_unreadable_certificate(self, tmp_path):
+        """A missing certificate file raises ``OSError``; the root is free for the next server."""
+        with pytest.raises(OSError):
+            LocalServer(tmp_path, certfile=str(tmp_path / "missing.pem")).start()
+        with LocalServer(tmp_path) as server:
+            assert True is server.running
+
+    def test_corrupt_index(self, tmp_path):
+        """An index that is not JSON fails the start with ``ValueError``, touching nothing; once the index is
+        removed the next server in the same process starts (the failed one released its lock)."""
+        tmp_path.joinpath("index.json").write_bytes(b"{not json")
+        with pytest.raises(ValueError):
+            LocalServer(tmp_path).start()
+        tmp_path.joinpath("index.json").unlink()
+        with LocalServer(tmp_path) as server:
+            assert True is server.running
+
+
 class TestContextManager:
     """Tests for ``with LocalServer(...)`` and ``with LocalServer(...).start()``."""
 
