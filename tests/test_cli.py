@@ -387,15 +387,15 @@ class TestEntryPoints:
         assert "tml-served" not in proc.stderr.read()
 
     def test_serve_json_and_missing_key_variable(self, tmp_path, capsys):
-        """``serve --json`` prints the URL as JSON; an unset --api-key-env variable exits 2."""
+        """``serve --json`` prints the URL as one JSON line (one readline() gets it); an unset --api-key-env variable exits 2.
+
+        Failed on the old main: the object was printed over five indented lines.
+        """
         assert 2 == cli.main(["serve", "--root", str(tmp_path), "--api-key-env", "TINKER_NOT_SET_ANYWHERE"])
         proc = subprocess.Popen([sys.executable, "-m", "tinkex_persist", "serve", "--root", str(tmp_path), "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
         try:
-            first = proc.stdout.readline()
-            assert first.strip() == "{"
-            body = first + "".join(iter(lambda: proc.stdout.readline(), "}\n")) + "}"
-            data = json.loads(body)
+            data = json.loads(proc.stdout.readline())
             assert (False, True) == (data["api_key_required"], data["url"].startswith("http://127.0.0.1:"))
         finally:
             proc.send_signal(signal.SIGTERM)

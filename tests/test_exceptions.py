@@ -33,6 +33,7 @@ class TestHierarchy:
             (E.UnsafeArchiveError, E.DownloadError),
             (E.CheckpointDeleteError, E.TinkexPersistError),
             (E.RootInUseError, E.TinkexPersistError),
+            (E.OperationCancelledError, E.TinkexPersistError),
         ],
     )
     def test_subclass_table(self, cls, base):
@@ -72,6 +73,7 @@ INSTANCES = [
     E.ArchiveChecksumError("sha256 mismatch", partial_path="/tmp/y.tar.part"),
     E.UnsafeArchiveError("member ../x escapes"),
     E.RootInUseError("checkpoint root /srv is in use", root="/srv"),
+    E.OperationCancelledError("stopped waiting", partial_path="/tmp/z.tar.part"),
 ]
 
 

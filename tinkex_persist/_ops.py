@@ -8,7 +8,7 @@ from . import _wire
 from ._converter import decode, dumps
 from ._retry import Deadline, History, Retry
 from ._transport import Transport
-from .exceptions import APIConnectionError, APITimeoutError, DecodeError, PromiseExpiredError, RequestFailedError
+from .exceptions import APITimeoutError, DecodeError, OperationCancelledError, PromiseExpiredError, RequestFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def poll(
             waits = waits.increment("POST", path, status=resp.status, error=kind)
             if not waits.sleep():
                 if transport.stopping.is_set():
-                    raise APIConnectionError(
+                    raise OperationCancelledError(
                         "stopped waiting for request %s: the client is stopping (the server may still complete it)"
                         % request_id,
                         method="POST",

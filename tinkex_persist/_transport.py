@@ -31,6 +31,7 @@ from .exceptions import (
     APIStatusError,
     APITimeoutError,
     DecodeError,
+    OperationCancelledError,
     TinkexPersistError,
     status_error_class,
 )
@@ -291,13 +292,29 @@ class Transport:
         )
         return resp
 
-    def stopped_error(self, method: str, path: str) -> APIConnectionError:
+    def stopped_error(self, method: str, path: str, partial_path: Optional[str] = None) -> OperationCancelledError:
         """The error of a call ended by :meth:`abort`."""
-        return APIConnectionError(
-            "%s %s stopped: the client is stopping (the server may still complete the request)" % (method, path),
+        kept = "" if partial_path is None else "; the partial download is kept at %s" % partial_path
+        return OperationCancelledError(
+            "%s %s stopped: the client is stopping (the server may still complete the request)%s" % (method, path, kept),
             method=method,
             url=path,
+            partial_path=partial_path,
         )
+
+    def track(self, session: requests.Session) -> None:
+        """Let :meth:`abort` cut the reads of ``session`` too (the download's bare session)."""
+        for adapter in set(session.adapters.values()):
+            if isinstance(adapter, requests.adapters.HTTPAdapter):
+                _track_connections(adapter, self._in_flight)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's Sessions, connections and locks (a parent thread may hold one)."""
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sessions = []  # dropped, not closed: the sockets are the parent's too
+        self._in_flight = weakref.WeakSet()
+        self.stopping = threading.Event()
 
     def note_failure(self, retry: Retry, method: str, path: str, exc: APIConnectionError) -> Retry:
         """``retry`` incremented for an attempt that got no answer; raise ``exc`` at once if it cannot heal."""

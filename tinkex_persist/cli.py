@@ -1,7 +1,9 @@
 """The ``tinkex-persist`` command line: argparse ``main(argv) -> int``, one function per subcommand.
 
 Exit codes: 0 success, 1 API, transport or local failure, 2 usage error, 3 partial failure (some deletes
-failed). ``--json`` prints machine-readable results on stdout; progress and diagnostics go to stderr.
+failed), 130 interrupted (Ctrl-C). ``--json`` prints machine-readable results on stdout, exactly one JSON
+object per run, failures included (``{"error": {"type": ..., "message": ...}}``); progress and
+diagnostics go to stderr.
 The API key comes from ``TINKER_API_KEY`` or ``--api-key-file``, never from the command line.
 """
 
@@ -15,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO
 
 from . import checkpoints, download
 from ._version import __version__
@@ -41,11 +43,27 @@ PROG = "tinkex-persist"
 
 
 class _Exit(Exception):
-    """Stop with an exit code after the message was printed."""
+    """Stop with an exit code and a message (printed on stderr, and as the JSON error with ``--json``)."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, message: str, kind: str) -> None:
         super().__init__(code)
         self.code = code
+        self.message = message
+        self.kind = kind
+
+
+class _ArgumentError(Exception):
+    """argparse refused the command line (raised instead of exiting, so ``--json`` can report it)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        raise _ArgumentError(self, message)
 
 
 class _Cancelled(Exception):
@@ -100,14 +118,22 @@ class _Output:
         self.stderr.flush()
 
     def error(self, exc: BaseException) -> None:
-        self.note("error: %s" % (exc,))
+        extra: Dict[str, Any] = {}
+        if isinstance(exc, APIStatusError):
+            extra = {"status_code": exc.status_code, "request_id": exc.request_id}
+        self.failure(type(exc).__name__, str(exc), **extra)
+
+    def failure(self, kind: str, message: str, **extra: Any) -> None:
+        """Say what went wrong on stderr and, with ``--json``, as the run's one JSON object on stdout."""
+        self.note("error: %s" % message if kind != "KeyboardInterrupt" else message)
         if self.json:
-            err: Dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-            if isinstance(exc, APIStatusError):
-                err["status_code"] = exc.status_code
-                err["request_id"] = exc.request_id
-            self.stdout.write(json.dumps({"error": err}, indent=2) + "\n")
-            self.stdout.flush()
+            _print_json_error(self.stdout, kind, message, **extra)
+
+
+def _print_json_error(stream: TextIO, kind: str, message: str, **extra: Any) -> None:
+    err: Dict[str, Any] = dict({"type": kind, "message": message}, **extra)
+    stream.write(json.dumps({"error": err}, indent=2) + "\n")
+    stream.flush()
 
 
 def _isatty(stream: Any) -> bool:
@@ -144,10 +170,10 @@ def _seconds(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> "_Parser":
     # Accepted both before and after the subcommand. SUPPRESS keeps a subcommand's parser from resetting
     # what was given before it.
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--base-url", default=argparse.SUPPRESS, metavar="URL",
                    help="API root (default: $%s, else the hosted service)" % ENV_BASE_URL)
@@ -164,11 +190,12 @@ def _common() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``tinkex-persist``."""
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Manage Tinker checkpoints: inspect, list, delete, retain, expire and download them.",
         parents=[common],
-        epilog="Exit codes: 0 success, 1 API/transport failure, 2 usage error, 3 some deletes failed.",
+        epilog="Exit codes: 0 success, 1 API/transport failure, 2 usage error, 3 some deletes failed, "
+        "130 interrupted (Ctrl-C). With --json, stdout gets exactly one JSON object, failures included.",
     )
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -265,6 +292,11 @@ def _service(args: argparse.Namespace) -> ServiceClient:
     key_file = getattr(args, "api_key_file", None)
     api_key = _read_key_file(key_file) if key_file else None
     config = Config.from_env(base_url=getattr(args, "base_url", None), api_key=api_key)
+    if not config.api_key:
+        raise ConfigError(
+            "no API key: set the %s environment variable or pass --api-key-file FILE "
+            "(a file holding the key on one line)" % ENV_API_KEY
+        )
     return ServiceClient(config=config)
 
 
@@ -293,7 +325,10 @@ def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
         server = LocalServer(args.root, args.host, args.port, api_key)
         server.bind()
         try:
-            out.result("", {"url": server.url, "root": os.path.abspath(args.root), "api_key_required": bool(api_key)})
+            # One line, so a supervisor can read the URL with a single readline().
+            out.stdout.write(json.dumps({"url": server.url, "root": os.path.abspath(args.root),
+                                         "api_key_required": bool(api_key)}) + "\n")
+            out.stdout.flush()
             server.serve_forever()
         finally:
             server.stop()
@@ -403,14 +438,13 @@ def _confirm(out: _Output, what: str, yes: bool) -> None:
     if yes:
         return
     if not _isatty(out.stdin):
-        out.note("error: refusing to %s without --yes: stdin is not a terminal to confirm on" % what)
-        raise _Exit(EXIT_USAGE)
+        raise _Exit(EXIT_USAGE, "refusing to %s without --yes: stdin is not a terminal to confirm on" % what,
+                    "UsageError")
     out.stderr.write("%s%s? [y/N] " % (what[0].upper(), what[1:]))
     out.stderr.flush()
     answer = out.stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
-        out.note("aborted; nothing was deleted")
-        raise _Exit(EXIT_FAILURE)
+        raise _Exit(EXIT_FAILURE, "aborted; nothing was deleted", "Aborted")
 
 
 def cmd_delete(args: argparse.Namespace, out: _Output) -> int:
@@ -536,8 +570,8 @@ def cmd_download(args: argparse.Namespace, out: _Output) -> int:
         except KeyboardInterrupt:
             cancel.set()  # the worker stops at its next progress report; the partial file stays for a resume
             printer.finish()
-            out.note("interrupted; run the same command again to resume the download")
-            return EXIT_INTERRUPTED
+            raise _Exit(EXIT_INTERRUPTED, "interrupted; run the same command again to resume the download",
+                        "KeyboardInterrupt") from None
         finally:
             printer.finish()
     verified = "sha256 verified" if result.sha256_verified else "size checked (server sent no sha256)"
@@ -652,15 +686,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``tinkex-persist`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     stdin, stdout, stderr = sys.stdin, sys.stdout, sys.stderr
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on a usage error and 0 after --help
+    except SystemExit as exc:  # argparse exits 0 after --help and --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except _ArgumentError as exc:
+        exc.parser.print_usage(stderr)
+        stderr.write("%s: error: %s\n" % (exc.parser.prog, exc.message))
+        if "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv:
+            _print_json_error(stdout, "UsageError", exc.message)
+        return EXIT_USAGE
     out = _Output(args, stdin, stdout, stderr)
     undo = _configure_logging(bool(getattr(args, "verbose", False)), stderr)
     try:
         return args.func(args, out)
     except _Exit as exc:
+        out.failure(exc.kind, exc.message)
         return exc.code
     except (UsageError, ConfigError) as exc:
         out.error(exc)
@@ -672,7 +714,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out.error(exc)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        out.note("interrupted")
+        out.failure("KeyboardInterrupt", "interrupted")
         return EXIT_INTERRUPTED
     finally:
         undo()

@@ -10,6 +10,7 @@ package's internal interface to the clients.
 import concurrent.futures
 import logging
 import threading
+import weakref
 from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
 from . import _ops, _paths, _wire
@@ -104,11 +105,9 @@ class ServiceClient:
     def __enter__(self) -> "ServiceClient":
         return self
 
-    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
-        if exc_type is not None and not issubclass(exc_type, Exception):
-            # Ctrl-C (KeyboardInterrupt) or SystemExit: stop waiting for the server instead of finishing.
-            self._transport.abort()
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Ctrl-C (or SystemExit) inside the block: stop waiting for the operations instead of finishing them.
+        self.close(cancel=exc_type is not None and not issubclass(exc_type, Exception))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -338,24 +337,40 @@ class ServiceClient:
         _ops.poll(transport, handle.request_id, _wire.LoadWeightsResponse, "LoadWeights", on_queue_state=self.on_queue_state)
         return TrainingClient(self, model_id, base_model=base_model or info.base_model, next_seq_id=2)
 
-    def close(self) -> None:
-        """Wait for running operations, finish the server session and release connections. Idempotent."""
+    def close(self, *, cancel: bool = False) -> None:
+        """Wait for running operations, finish the server session and release connections. Idempotent.
+
+        Args:
+            cancel: stop waiting instead: operations not started are cancelled, running ones stop at
+                their next chance (polls, back-off waits, download reads) and fail with
+                :class:`OperationCancelledError`; a request the server already accepted may still complete
+                there. Leaving a ``with`` block by Ctrl-C does this, and interpreter exit stops the
+                waits of every client the same way.
+        """
+        if cancel:
+            self._cancel()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             executor = self._executor
         if executor is not None:
-            executor.shutdown(wait=True)
+            executor.shutdown(wait=True, cancel_futures=cancel)
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        if self._session_id is not None:
+        if self._session_id is not None and self._transport.stopping.is_set():
+            logger.debug("not finishing session %s after a cancel; it expires without heartbeats", self._session_id)
+        elif self._session_id is not None:
             try:
                 _ops.finish_session(self._transport, self._session_id)
             except Exception as exc:  # the session expires on its own without heartbeats
                 logger.debug("finishing session %s failed: %s", self._session_id, exc)
         self._transport.close()
+
+    def _cancel(self) -> None:
+        self._stop.set()
+        self._transport.abort()
 
 
 class TrainingClient:

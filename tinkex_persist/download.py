@@ -10,8 +10,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -28,6 +29,7 @@ from .exceptions import (
     APITimeoutError,
     ArchiveChecksumError,
     DownloadError,
+    OperationCancelledError,
     TinkexPersistError,
     UsageError,
 )
@@ -79,8 +81,11 @@ def _archive_url(
         status_forcelist=frozenset(_NOT_READY),
         patience=cfg.connect_patience,
         deadline=Deadline(wait),
+        interrupt=transport.stopping,
     )
     while True:
+        if transport.stopping.is_set():
+            raise transport.stopped_error("GET", api_path)
         try:
             resp = transport.send("GET", api_path)
         except APIConnectionError as exc:
@@ -122,7 +127,8 @@ def _archive_url(
         logger.debug("archive of %s not ready (%s); checking again in %.2fs", tp, failure, delay)
         if progress is not None:
             progress(DownloadProgress(phase="waiting", elapsed=waited, waited=waited))
-        retry.sleep(delay)
+        if not retry.sleep(delay):  # only when the client is stopping: the deadline was checked above
+            raise transport.stopped_error("GET", api_path)
 
 
 def _header(headers: Any, names: Sequence[str]) -> Optional[str]:
@@ -194,6 +200,28 @@ class _Fetch:
         self.ranged = 0
 
 
+def _pieces(resp: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives, one receive at a time (``read1``), so a cancel is seen between receives.
+
+    ``iter_content`` waits to fill each chunk, which on a slow link holds the whole transfer.
+    """
+    read1 = getattr(resp.raw, "read1", None)
+    if read1 is None:  # pragma: no cover - urllib3 < 2
+        yield from resp.iter_content(CHUNK_SIZE)
+        return
+    while True:
+        try:
+            chunk = read1(CHUNK_SIZE, decode_content=True)
+        except Exception as exc:
+            # urllib3's own errors (a read timeout, a body cut short), wrapped as requests wraps them.
+            if type(exc).__module__.split(".")[0] == "urllib3":
+                raise requests.exceptions.ConnectionError(exc) from exc
+            raise
+        if not chunk:
+            return
+        yield chunk
+
+
 def _fetch_once(
     session: requests.Session,
     url: str,
@@ -201,6 +229,7 @@ def _fetch_once(
     timeout: Tuple[float, float],
     progress: Optional[ProgressCallback],
     started: float,
+    stopping: threading.Event,
 ) -> int:
     """One GET of the signed URL, appending to the partial file; return its HTTP status."""
     offset = os.path.getsize(state.part) if os.path.exists(state.part) else 0
@@ -240,7 +269,15 @@ def _fetch_once(
         with open(state.part, "r+b" if offset else "wb") as f:
             f.seek(offset)
             f.truncate()
-            for chunk in resp.iter_content(CHUNK_SIZE):
+            for chunk in _pieces(resp):
+                if stopping.is_set():
+                    raise OperationCancelledError(
+                        "download of the archive stopped at byte %d: the client is stopping; the partial file is "
+                        "kept at %s and the next call resumes it" % (done, state.part),
+                        method="GET",
+                        url=_safe_url(url),
+                        partial_path=state.part,
+                    )
                 f.write(chunk)
                 done += len(chunk)
                 state.fetched += len(chunk)
@@ -271,13 +308,18 @@ def _download_archive(
     session.trust_env = not is_loopback_host(urlsplit(url).hostname)
     session.verify = cfg.verify
     # Resumes follow the one policy: at once (the server answered a moment ago), at most ``resumes`` times.
-    retry = Retry(total=resumes, backoff_factor=0, patience=cfg.connect_patience)
+    retry = Retry(total=resumes, backoff_factor=0, patience=cfg.connect_patience, interrupt=transport.stopping)
+    transport.track(session)
     refreshed = False
     try:
         while True:
             try:
-                status = _fetch_once(session, url, state, cfg.timeout, progress, started)
+                if transport.stopping.is_set():
+                    raise transport.stopped_error("GET", _safe_url(url), part if os.path.exists(part) else None)
+                status = _fetch_once(session, url, state, cfg.timeout, progress, started, transport.stopping)
             except (requests.RequestException, ConnectionError) as exc:
+                if transport.stopping.is_set():  # abort() cut the connection
+                    raise transport.stopped_error("GET", _safe_url(url), part if os.path.exists(part) else None) from exc
                 have = os.path.getsize(part) if os.path.exists(part) else 0
                 parts = urlsplit(url)
                 kind, cause = describe_failure(exc, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))

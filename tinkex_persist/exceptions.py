@@ -21,6 +21,7 @@ __all__ = (
     "DownloadError",
     "InternalServerError",
     "NotFoundError",
+    "OperationCancelledError",
     "PermissionDeniedError",
     "PromiseExpiredError",
     "RateLimitError",
@@ -75,6 +76,18 @@ class APIConnectionError(TinkexPersistError):
 
 class APITimeoutError(APIConnectionError):
     """A request, or the polling of a server-side future, ran out of time."""
+
+
+class OperationCancelledError(APIConnectionError):
+    """The client stopped waiting: Ctrl-C, ``ServiceClient.close(cancel=True)`` or interpreter exit.
+
+    A request the server had already accepted (a save, say) may still complete there; it is not
+    reported as done. A cancelled download keeps its partial file (``partial_path``) for a resume.
+    """
+
+    def __init__(self, message: str, *, method: str = "", url: str = "", partial_path: Optional[str] = None) -> None:
+        super().__init__(message, method=method, url=url)
+        self.partial_path = partial_path
 
 
 class APIStatusError(TinkexPersistError):
