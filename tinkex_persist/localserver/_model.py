@@ -1,7 +1,11 @@
-"""Model state of the local server: LoRA weights, AdamW moments and a step counter, with their byte form.
+"""Model state of the local server: LoRA weights, gradients, AdamW moments and a step counter, with their byte form.
 
-Weights are ``rank * 256`` float64 values, deterministic from (base_model, rank, seed). ``optim_step``
-runs AdamW on a fixed synthetic objective, ``0.5 * |w - target|^2``, so optimizer state changes results.
+Weights are the ``rank * 256`` float64 LoRA values of the tiny model in :mod:`._lm`, deterministic from
+(base_model, rank, seed). ``forward_backward`` (in :mod:`._lm`) adds gradients to ``grad``;
+:meth:`ModelState.adamw_step` applies them with AdamW and clears them. A step with no gradient accumulated
+since the previous one descends a fixed synthetic objective, ``0.5 * |w - target|^2``, instead, so that a
+client driving only ``optim_step`` still moves the weights and optimizer state (what this server did before
+it could train). The byte form of weights and moments is unchanged from then: old checkpoints load.
 """
 
 import hashlib
@@ -10,10 +14,13 @@ import random
 import struct
 import sys
 from array import array
-from typing import Dict, Optional, Tuple
+from operator import mul
+from typing import Dict, List, Optional, Tuple
 
-#: Values per unit of LoRA rank.
-VALUES_PER_RANK = 256
+from . import _lm
+
+#: Values per unit of LoRA rank: one row of the hashed embedding table each, plus the hidden width.
+VALUES_PER_RANK = _lm.ROWS + _lm.HIDDEN
 
 
 def _le(values: array) -> bytes:
@@ -45,7 +52,9 @@ class ModelState:
         self.rank = rank
         n = rank * VALUES_PER_RANK
         rng = _rng("weights", base_model, rank, 0 if seed is None else seed)
-        self.weights = array("d", (rng.gauss(0.0, 0.02) for _ in range(n)))
+        self.weights = array("d", _lm.lora_init(rank, rng))
+        #: Gradient of the losses summed since the last step, or None when nothing was accumulated.
+        self.grad: Optional[List[float]] = None
         target = _rng("target", base_model, rank)
         self.target = array("d", (target.uniform(-0.1, 0.1) for _ in range(n)))
         self.reset_optimizer()
@@ -72,6 +81,7 @@ class ModelState:
         if len(values) != len(self.weights):
             raise ValueError("checkpoint holds %d weights, model has %d" % (len(values), len(self.weights)))
         self.weights = values
+        self.grad = None
         if optimizer is None:
             self.reset_optimizer()
             return
@@ -85,19 +95,36 @@ class ModelState:
     def adamw_step(
         self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, grad_clip_norm: float
     ) -> Dict[str, float]:
-        """Advance one AdamW step on the synthetic objective and return its metrics."""
-        w, t, m, v = self.weights, self.target, self.m, self.v
-        grad = [wi - ti for wi, ti in zip(w, t)]
-        loss = 0.5 * sum(g * g for g in grad)
-        norm = math.sqrt(2.0 * loss)
-        if grad_clip_norm > 0.0 and norm > grad_clip_norm:
-            scale = grad_clip_norm / norm
-            grad = [g * scale for g in grad]
+        """Apply one AdamW step to the accumulated gradient, clear it, and return the step's metrics.
+
+        As ``torch.optim.AdamW`` after ``torch.nn.utils.clip_grad_norm_``: the global gradient norm is
+        clipped to ``grad_clip_norm`` when that is > 0; weight decay is decoupled (``w *= 1 - lr * wd``);
+        moments are bias-corrected by ``1 - beta ** step``.
+        """
+        w = self.weights
+        metrics: Dict[str, float] = {}
+        if self.grad is None:
+            grad = [wi - ti for wi, ti in zip(w, self.target)]
+            metrics["loss"] = 0.5 * sum(map(mul, grad, grad))
+        else:
+            grad = self.grad
+        norm = math.sqrt(sum(map(mul, grad, grad)))
+        if grad_clip_norm > 0.0:
+            coef = grad_clip_norm / (norm + 1e-6)
+            if coef < 1.0:
+                grad = [g * coef for g in grad]
         self.step += 1
-        c1 = 1.0 - beta1**self.step
-        c2 = 1.0 - beta2**self.step
-        for i, g in enumerate(grad):
-            mi = m[i] = beta1 * m[i] + (1.0 - beta1) * g
-            vi = v[i] = beta2 * v[i] + (1.0 - beta2) * g * g
-            w[i] -= lr * ((mi / c1) / (math.sqrt(vi / c2) + eps) + weight_decay * w[i])
-        return {"loss": loss, "grad_norm": norm, "step": float(self.step), "learning_rate": lr}
+        step_size = lr / (1.0 - beta1**self.step)
+        c2_sqrt = math.sqrt(1.0 - beta2**self.step)
+        decay = 1.0 - lr * weight_decay
+        a1, a2 = 1.0 - beta1, 1.0 - beta2
+        m = [mi + a1 * (g - mi) for mi, g in zip(self.m, grad)]
+        v = [beta2 * vi + a2 * g * g for vi, g in zip(self.v, grad)]
+        sqrt = math.sqrt
+        self.weights = array(
+            "d", [wi * decay - step_size * mi / (sqrt(vi) / c2_sqrt + eps) for wi, mi, vi in zip(w, m, v)]
+        )
+        self.m, self.v = array("d", m), array("d", v)
+        self.grad = None
+        metrics.update({"grad_norm": norm, "step": float(self.step), "learning_rate": lr})
+        return metrics
