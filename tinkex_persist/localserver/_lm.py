@@ -28,10 +28,8 @@ import math
 import random
 from itertools import repeat
 from operator import add, mul
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._model import ModelState
+from array import array
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 #: Width of the hidden state.
 HIDDEN = 8
@@ -97,6 +95,17 @@ class DatumError(LMError):
     def __init__(self, index: int, problem: str) -> None:
         super().__init__("datum %d: %s" % (index, problem))
         self.index = index
+
+
+class LoRAState(Protocol):
+    """What the model reads and writes of a training model's state (``ModelState`` is one)."""
+
+    base_model: str
+    rank: int
+    #: The ``rank * 256`` LoRA values, laid out as the module docstring says.
+    weights: "array[float]"
+    #: The accumulated gradient (as many values as ``weights``), or None.
+    grad: Optional[List[float]]
 
 
 class ForwardBackwardResult(NamedTuple):
@@ -302,7 +311,7 @@ _LOSSES: Dict[str, _Loss] = {
 
 
 def forward_backward(
-    state: "ModelState",
+    state: LoRAState,
     data: Sequence[Tuple[Sequence[int], Mapping[str, Sequence[Any]]]],
     loss_fn: str,
     loss_fn_config: Optional[Mapping[str, Any]] = None,
@@ -321,7 +330,7 @@ def forward_backward(
     return run(state, batch, forward_only)
 
 
-def run(state: "ModelState", batch: _Batch, forward_only: bool = False) -> ForwardBackwardResult:
+def run(state: LoRAState, batch: _Batch, forward_only: bool = False) -> ForwardBackwardResult:
     """Run a batch already validated by :func:`check` (for the same base model) on ``state``."""
     assert HIDDEN == 8, "the logits below are unrolled for HIDDEN == 8"
     r = state.rank
