@@ -123,7 +123,8 @@ class TestGetTrainingRun:
                 tc = service.create_lora_training_client("Qwen/Qwen3-8B", rank=3).result()
                 path = tp.save_state(tc, "kept").result().path
                 for weights in (root / "data").glob("*/weights.bin"):
-                    weights.write_bytes(b"\0" + weights.read_bytes()[1:])
+                    data = weights.read_bytes()
+                    weights.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
                 with pytest.raises(tp.RequestFailedError):
                     tp.create_training_client_from_state(service, path).result()
                 assert True is tp.get_training_run(service, path).result().corrupted
