@@ -4,6 +4,8 @@ import logging
 import time
 from typing import Any, Callable, Optional, Tuple, Type, TypeVar
 
+import attrs
+
 from . import _wire
 from ._converter import decode, dumps
 from ._retry import Deadline, History, Retry
@@ -24,10 +26,24 @@ POLL_MAX_WAIT = 0.2
 LONG_POLL_SECONDS = 1.0
 
 QueueStateCallback = Callable[[str, str], None]
+#: ``(media type, decoder)`` of a result asked for in a binary form (``retrieve_future`` with that ``Accept``).
+BinaryResult = Tuple[str, Callable[[bytes], Any]]
+
+
+@attrs.frozen
+class EncodedRequest:
+    """A request body already encoded in a binary form (the protobuf ``forward_backward``), and its media type.
+
+    ``seq_id`` repeats the one inside the body, for messages about it.
+    """
+
+    content: bytes = attrs.field(repr=lambda c: "<%d bytes>" % len(c))
+    content_type: str
+    seq_id: Optional[int] = None
 
 
 def submit(transport: Transport, path: str, request: Any, *, idempotency_key: Optional[str] = None) -> _wire.UntypedAPIFuture:
-    """POST a typed request and return the server's future handle.
+    """POST a typed request (or an :class:`EncodedRequest`) and return the server's future handle.
 
     ``idempotency_key`` re-sends an earlier submission under its original ``X-Idempotency-Key``.
     """
@@ -41,8 +57,13 @@ def submit_recorded(
 
     A failure carries its history on the raised error (``_retry.retries_of``).
     """
-    headers = {"X-Idempotency-Key": idempotency_key} if idempotency_key else None
-    resp = transport.request("POST", API + path, dumps(request), extra_headers=headers, expect_json=True)
+    headers = {"X-Idempotency-Key": idempotency_key} if idempotency_key else {}
+    if isinstance(request, EncodedRequest):
+        body = request.content
+        headers["Content-Type"] = request.content_type
+    else:
+        body = dumps(request)
+    resp = transport.request("POST", API + path, body, extra_headers=headers, expect_json=True)
     history = resp.retries.history if resp.retries is not None else ()
     return decode(resp.json(), _wire.UntypedAPIFuture), history
 
@@ -61,8 +82,13 @@ def poll(
     request_type: str,
     *,
     on_queue_state: Optional[QueueStateCallback] = None,
+    binary: Optional[BinaryResult] = None,
 ) -> T:
     """Wait for a server-side future and return its decoded result.
+
+    With ``binary=(media_type, decoder)`` the poll asks for that media type (``Accept``) and the result
+    must come in it: ``decoder(body)`` is returned (``result_cls`` is then only its type). A JSON
+    result instead is a :class:`DecodeError`, as in the official SDK.
 
     Long-polls ``retrieve_future``; when the server answers ``try_again`` (or 408) at once, waits with a
     short, capped, growing back-off instead of re-polling in a hot loop. Raises
@@ -102,6 +128,7 @@ def poll(
                 extra_headers=headers,
                 ok_statuses=(408,),
                 expect_json=True,
+                accept=binary[0] if binary is not None else None,
                 deadline=deadline.earliest(Deadline(cfg.retry_deadline)),
             )
         except PromiseExpiredError as exc:
@@ -119,6 +146,8 @@ def poll(
                 raise _poll_timeout(request_id, cfg.poll_timeout) from exc
             raise
         iteration += 1
+        if binary is not None and resp.status == 200 and resp.content_type == binary[0]:
+            return binary[1](resp.content)  # type: ignore[no-any-return]
         data = resp.json()
         kind = data.get("type") if isinstance(data, dict) else None
         if isinstance(data, dict) and data.get("status") == "complete_metadata" and allow_metadata_only:
@@ -153,6 +182,13 @@ def poll(
                 "request %s failed (%s error): %s" % (request_id, failed.category, transport.redact(failed.error)),
                 request_id=request_id,
                 category=failed.category,
+            )
+        if binary is not None:
+            raise DecodeError(
+                "request %s: expected its %s result as %s, got %s"
+                % (request_id, request_type, binary[0], resp.content_type or "no content type"),
+                errors=["$: expected %s" % binary[0]],
+                body=resp.content[:2000].decode("utf-8", "replace"),
             )
         return decode(data, result_cls)
 

@@ -80,6 +80,11 @@ class Response:
         self.retries: Optional[Retry] = None
         self._json: Any = _UNPARSED
 
+    @property
+    def content_type(self) -> str:
+        """The media type of the body, lower-cased and without parameters (``""`` if none was sent)."""
+        return (self.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+
     def json(self) -> Any:
         """Return the decoded JSON body (parsed once), or raise :class:`DecodeError`."""
         if self._json is not _UNPARSED:
@@ -331,6 +336,7 @@ class Transport:
         deadline: Optional[Deadline] = None,
         ok_statuses: Tuple[int, ...] = (),
         expect_json: bool = False,
+        accept: Optional[str] = None,
         retry: Optional[Retry] = None,
     ) -> Response:
         """Send a request, retrying transient failures, and return the final 2xx (or ``ok_statuses``) response.
@@ -342,12 +348,16 @@ class Transport:
         and the same ``X-Idempotency-Key``. The returned response's ``retries``, and the raised error's
         (see :func:`_retry.retries_of`), hold the history of failed attempts, each marked with whether the
         server may have applied it. With ``expect_json``, a 2xx answer whose body is not JSON (a proxy's error page, a body cut short)
-        is retried like a lost answer.
+        is retried like a lost answer. ``accept`` names a binary media type (``application/x-protobuf``)
+        asked for in the ``Accept`` header; a 2xx answer of that type is returned as it is. A binary
+        request body states its own type with a ``Content-Type`` in ``extra_headers``.
         """
         cfg = self.config
         if retry is None:
             retry = Retry.from_config(cfg, deadline, self.stopping)
         headers: Dict[str, str] = dict(extra_headers or {})
+        if accept is not None:
+            headers["Accept"] = accept
         if method in ("POST", "PUT", "DELETE"):
             headers.setdefault("X-Idempotency-Key", uuid.uuid4().hex)
         while True:
@@ -359,7 +369,8 @@ class Transport:
                 failure: TinkexPersistError = exc
                 retry = self.note_failure(retry, method, path, exc)
             else:
-                decode_error = _not_json(resp) if expect_json else None
+                binary = accept is not None and resp.content_type == accept
+                decode_error = _not_json(resp) if expect_json and not binary else None
                 if decode_error is not None:
                     failure = decode_error
                     retry = retry.increment(method, path, error="answer is not JSON", status=resp.status, maybe_applied=True)
