@@ -33,6 +33,7 @@ class TestRequestVectors:
             "CreateSessionRequest", "CreateModelRequest", "GetInfoRequest", "SaveWeightsRequest",
             "LoadWeightsRequest", "RetrieveFutureRequest", "WeightsInfoRequest", "FinishSessionRequest",
             "OptimStepRequest", "SessionHeartbeatRequest", "ClientConfigRequest", "SetTtlRequest",
+            "SaveWeightsForSamplerRequest",
         }
         assert expected == names
 

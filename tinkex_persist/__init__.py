@@ -7,9 +7,13 @@ from ._version import __version__
 from .api import (  # noqa: E402
     create_training_client_from_state,
     create_training_client_from_state_with_optimizer,
+    forward,
+    forward_backward,
     load_state,
     load_state_with_optimizer,
+    optim_step,
     save_state,
+    save_weights_for_sampler,
 )
 from .checkpointer import Checkpointer, Resume, ResumePlan  # noqa: E402
 from .client import ServiceClient, TrainingClient  # noqa: E402
@@ -45,6 +49,7 @@ from .types import (  # noqa: E402
     LoadStateResult,
     RetentionReport,
     SaveStateResult,
+    SaveWeightsForSamplerResult,
     TrainingRun,
     WeightsInfo,
 )
@@ -98,6 +103,7 @@ __all__ = (
     "ResumePlan",
     "RetentionReport",
     "SaveStateResult",
+    "SaveWeightsForSamplerResult",
     "ServiceClient",
     "TensorData",
     "TinkexPersistError",
@@ -112,6 +118,8 @@ __all__ = (
     "create_training_client_from_state_with_optimizer",
     "delete_checkpoints",
     "download_checkpoint",
+    "forward",
+    "forward_backward",
     "get_training_run",
     "get_weights_info",
     "keep_last",
@@ -119,7 +127,9 @@ __all__ = (
     "list_training_runs",
     "load_state",
     "load_state_with_optimizer",
+    "optim_step",
     "save_state",
+    "save_weights_for_sampler",
     "set_checkpoint_ttl",
 )
 

@@ -13,7 +13,7 @@ import collections
 import logging
 import threading
 import uuid
-from typing import Any, Callable, Deque, Generic, Optional, Tuple, TypeVar
+from typing import Any, Callable, Deque, Generic, List, Optional, Sequence, Tuple, TypeVar
 
 from ._retry import History, maybe_applied, retries_of
 from .exceptions import APIConnectionError, APIStatusError, DecodeError, TinkexPersistError
@@ -33,7 +33,7 @@ class Submission(Generic[H]):
     lost answer uses it to read "already exists" as its own work).
     """
 
-    __slots__ = ("path", "make", "done", "handle", "error", "seq_id", "history")
+    __slots__ = ("path", "make", "done", "handle", "error", "seq_id", "history", "after")
 
     def __init__(self, path: str, make: Callable[[int], Any]) -> None:
         self.path = path
@@ -43,6 +43,8 @@ class Submission(Generic[H]):
         self.error: Optional[BaseException] = None
         self.seq_id = 0
         self.history: History = ()
+        #: The previous part of the same call (see :meth:`ModelQueue.enqueue_parts`), or None.
+        self.after: Optional[Submission[H]] = None
 
     @property
     def maybe_applied(self) -> bool:
@@ -85,6 +87,20 @@ class ModelQueue(Generic[H]):
             self._queue.append(submission)
         return submission
 
+    def enqueue_parts(self, path: str, makes: Sequence[Callable[[int], Any]]) -> List[Submission[H]]:
+        """Queue the parts of one call (a split ``forward_backward``) together: consecutive, in order.
+
+        Once a part fails, the parts after it are not sent (their seq_ids stay free); they fail with its error.
+        """
+        parts: List[Submission[H]] = []
+        for make in makes:
+            part: Submission[H] = Submission(path, make)
+            part.after = parts[-1] if parts else None
+            parts.append(part)
+        with self._lock:
+            self._queue.extend(parts)
+        return parts
+
     def send_through(self, submission: Submission[H]) -> H:
         """Send queued submissions in order up to and including ``submission``; return its handle.
 
@@ -96,6 +112,9 @@ class ModelQueue(Generic[H]):
             while not submission.done:
                 with self._lock:
                     item = self._queue.popleft()
+                if item.after is not None and item.after.error is not None:
+                    item.error, item.done = item.after.error, True
+                    continue
                 blocked = self._reconcile()
                 if blocked is not None:
                     item.error, item.done = blocked, True

@@ -233,12 +233,37 @@ class WeightsInfoRequest:
 
 @attrs.frozen(kw_only=True, slots=False)
 class OptimStepRequest:
-    """Body of ``POST /api/v1/optim_step``; the SDK appends ``adam_params`` after ``type``."""
+    """Body of ``POST /api/v1/optim_step``; the SDK appends its parameters after ``type``.
+
+    Exactly one of ``adam_params`` (the AdamW family) and ``optimizer_params`` (any other family, an
+    object with a ``type`` key, e.g. ``{"type": "dimuon", ...}``) is set.
+    """
 
     model_id: str
     seq_id: Optional[int] = None
     type: Literal["optim_step"] = "optim_step"
-    adam_params: AdamParams = attrs.field(factory=AdamParams)
+    adam_params: Optional[AdamParams] = None
+    """AdamW hyper-parameters; ``None`` is omitted."""
+    optimizer_params: Optional[Dict[str, Any]] = None
+    """Hyper-parameters of a non-Adam family, as the SDK's ``OptimParamsBase`` sends them; ``None`` is omitted."""
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class SaveWeightsForSamplerRequest:
+    """Body of ``POST /api/v1/save_weights_for_sampler``."""
+
+    model_id: str
+    path: Optional[str] = None
+    """Checkpoint name; the result is ``tinker://<model_id>/sampler_weights/<path>``."""
+    sampling_session_seq_id: Optional[int] = None
+    """Set instead of ``path`` by the SDK's unnamed saves; ``None`` is omitted."""
+    kind: str = "snapshot"
+    """Sampling contract of the saved weights; the SDK always sends ``"snapshot"`` for a named save."""
+    seq_id: Optional[int] = None
+    ttl_seconds: Optional[int] = None
+    """Lifetime in seconds (at least 3600); ``None`` means it never expires (omitted)."""
+    user_metadata: Optional[Dict[str, str]] = None
+    type: Literal["save_weights_for_sampler"] = "save_weights_for_sampler"
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -338,6 +363,17 @@ class SaveWeightsResponse:
 
     path: str
     """``tinker://<model_id>/weights/<name>`` of the committed checkpoint."""
+    type: Optional[str] = None
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class SaveWeightsForSamplerResponse:
+    """Result of a ``save_weights_for_sampler`` future."""
+
+    path: Optional[str] = None
+    """``tinker://<model_id>/sampler_weights/<name>`` of a named save."""
+    sampling_session_id: Optional[str] = None
+    """Set instead of ``path`` for an unnamed save."""
     type: Optional[str] = None
 
 
@@ -576,7 +612,10 @@ KEYS: Mapping[type, Mapping[str, str]] = {
     ),
     RetrieveFutureRequest: _identity("request_id", "allow_metadata_only"),
     WeightsInfoRequest: _identity("tinker_path"),
-    OptimStepRequest: _identity("model_id", "seq_id", "type", "adam_params"),
+    OptimStepRequest: _identity("model_id", "seq_id", "type", "adam_params", "optimizer_params"),
+    SaveWeightsForSamplerRequest: _identity(
+        "model_id", "path", "sampling_session_seq_id", "kind", "seq_id", "ttl_seconds", "user_metadata", "type"
+    ),
     SetTtlRequest: _identity("ttl_seconds"),
     CreateSessionResponse: _identity("session_id", "type", "info_message", "warning_message", "error_message"),
     UntypedAPIFuture: _identity("request_id", "model_id"),
@@ -584,6 +623,7 @@ KEYS: Mapping[type, Mapping[str, str]] = {
     RequestFailedResponse: _identity("error", "category"),
     CreateModelResponse: _identity("model_id", "type"),
     SaveWeightsResponse: _identity("path", "type"),
+    SaveWeightsForSamplerResponse: _identity("path", "sampling_session_id", "type"),
     LoadWeightsResponse: _identity("path", "model_id", "type"),
     OptimStepResponse: _identity("metrics", "type"),
     GetInfoResponse: _identity(

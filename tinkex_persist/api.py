@@ -6,19 +6,24 @@ load runs to completion on the server.
 """
 
 import concurrent.futures
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from .client import ServiceClient, TrainingClient, check_service, check_training_client
-from .types import LoadStateResult, SaveStateResult
+from .training_types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse
+from .types import LoadStateResult, SaveStateResult, SaveWeightsForSamplerResult
 
 __all__ = (
     "create_training_client_from_state",
     "create_training_client_from_state_with_optimizer",
+    "forward",
+    "forward_backward",
     "get_training_run",
     "list_training_runs",
     "load_state",
     "load_state_with_optimizer",
+    "optim_step",
     "save_state",
+    "save_weights_for_sampler",
 )
 
 
@@ -95,6 +100,7 @@ def create_training_client_from_state(
     base_model: Optional[str] = None,
     user_metadata: Optional[Dict[str, Any]] = None,
     weights_access_token: Optional[str] = None,
+    optimizer: Optional[Any] = None,
 ) -> "concurrent.futures.Future[TrainingClient]":
     """Start a new training run from a checkpoint's weights; the optimizer starts fresh.
 
@@ -108,6 +114,7 @@ def create_training_client_from_state(
         base_model: override of the checkpoint's base model (must be compatible).
         user_metadata: metadata about the new run.
         weights_access_token: token for a checkpoint owned by another account.
+        optimizer: the new run's optimizer family, e.g. ``{"type": "adamw"}``; None lets the server choose.
 
     Returns:
         A Future of the new :class:`TrainingClient`.
@@ -117,7 +124,8 @@ def create_training_client_from_state(
         RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
     """
     return check_service(service).create_training_client_from_state(
-        path, base_model=base_model, user_metadata=user_metadata, weights_access_token=weights_access_token
+        path, base_model=base_model, user_metadata=user_metadata, weights_access_token=weights_access_token,
+        optimizer=optimizer,
     )
 
 
@@ -151,3 +159,87 @@ def list_training_runs(service: ServiceClient, *, limit: Optional[int] = None) -
     from . import runs
 
     return runs.list_training_runs(service, limit=limit)
+
+
+def forward_backward(
+    tc: TrainingClient,
+    data: Sequence[Datum],
+    loss_fn: str,
+    loss_fn_config: Optional[Mapping[str, Union[float, str]]] = None,
+) -> "concurrent.futures.Future[ForwardBackwardOutput]":
+    """Compute the loss of ``data`` and accumulate its gradient: :meth:`TrainingClient.forward_backward`.
+
+    Args:
+        tc: the training client.
+        data: the examples, a non-empty list of :class:`Datum`.
+        loss_fn: the loss, one of SDK 0.38's names, e.g. ``"cross_entropy"``.
+        loss_fn_config: optional loss parameters, str -> number or str.
+
+    Returns:
+        A Future of :class:`ForwardBackwardOutput` (``loss_fn_outputs``, ``metrics["loss:sum"]``).
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    return check_training_client(tc).forward_backward(data, loss_fn, loss_fn_config)
+
+
+def forward(
+    tc: TrainingClient,
+    data: Sequence[Datum],
+    loss_fn: str,
+    loss_fn_config: Optional[Mapping[str, Union[float, str]]] = None,
+) -> "concurrent.futures.Future[ForwardBackwardOutput]":
+    """Compute the loss and outputs of ``data`` without a gradient: :meth:`TrainingClient.forward`.
+
+    Same arguments, result and errors as :func:`forward_backward`.
+    """
+    return check_training_client(tc).forward(data, loss_fn, loss_fn_config)
+
+
+def optim_step(
+    tc: TrainingClient, optim_params: Optional[Any] = None, *, adam_params: Optional[AdamParams] = None
+) -> "concurrent.futures.Future[OptimStepResponse]":
+    """Apply the accumulated gradient with the run's optimizer: :meth:`TrainingClient.optim_step`.
+
+    Args:
+        tc: the training client.
+        optim_params: :class:`AdamParams`, or another family's parameters as a dict with a ``type``
+            (``{"type": "dimuon", "learning_rate": 0.01}``).
+        adam_params: the legacy keyword for :class:`AdamParams`.
+
+    Returns:
+        A Future of :class:`OptimStepResponse`.
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    return check_training_client(tc).optim_step(optim_params, adam_params=adam_params)
+
+
+def save_weights_for_sampler(
+    tc: TrainingClient,
+    name: str,
+    *,
+    ttl_seconds: Optional[int] = None,
+    user_metadata: Optional[Dict[str, str]] = None,
+) -> "concurrent.futures.Future[SaveWeightsForSamplerResult]":
+    """Save the run's weights for sampling as ``name``: :meth:`TrainingClient.save_weights_for_sampler`.
+
+    Args:
+        tc: the training client to save.
+        name: checkpoint name, 1-128 characters without ``/``, ``..`` or control characters.
+        ttl_seconds: lifetime in seconds, 3600 to 10 years; None keeps it until deleted.
+        user_metadata: str -> str metadata stored with the checkpoint.
+
+    Returns:
+        A Future of :class:`SaveWeightsForSamplerResult`; its ``path`` is
+        ``tinker://<model_id>/sampler_weights/<name>`` (not loadable as training state).
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    return check_training_client(tc).save_weights_for_sampler(name, ttl_seconds=ttl_seconds, user_metadata=user_metadata)

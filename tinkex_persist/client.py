@@ -3,17 +3,21 @@
 The clients own the behaviour: every operation is a method that validates its arguments at once
 (nothing is sent on bad input), then runs one work item on the service client's pool and returns a
 plain ``concurrent.futures.Future``. ``api.py`` is one-line delegations over these methods.
-``Runner``, ``runner_of``, ``send_in_order`` and the ``check_*`` functions at the end are the
+``Runner``, ``runner_of`` and the ``check_*`` functions at the end are the
 package's internal interface to the clients.
 """
 
 import concurrent.futures
+import json
 import logging
 import threading
+import math
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
-from . import _ops, _paths, _wire
+import attrs
+
+from . import _ops, _paths, _proto, _wire
 from ._ordering import ModelQueue, Submission
 from ._paths import parse_path
 from ._retry import History
@@ -30,13 +34,17 @@ from .exceptions import (
     UnprocessableEntityError,
     UsageError,
 )
-from .types import LoadStateResult, SaveStateResult
+from .training_types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse
+from .types import LoadStateResult, SaveStateResult, SaveWeightsForSamplerResult
 
 logger = logging.getLogger(__name__)
 
 __all__ = ("ServiceClient", "TrainingClient")
 
 T = TypeVar("T")
+
+#: ``forward_backward`` results are asked for, and decoded, as protobuf.
+_FORWARD_BACKWARD_RESULT: _ops.BinaryResult = (_proto.CONTENT_TYPE, _proto.decode_forward_backward_output)
 
 
 class ServiceClient:
@@ -173,6 +181,7 @@ class ServiceClient:
         train_attn: bool = True,
         train_unembed: bool = True,
         user_metadata: Optional[Dict[str, Any]] = None,
+        optimizer: Optional[Any] = None,
     ) -> "concurrent.futures.Future[TrainingClient]":
         """Create a new LoRA training run.
 
@@ -182,6 +191,9 @@ class ServiceClient:
             seed: seed of the initial LoRA weights.
             train_mlp, train_attn, train_unembed: which layers get LoRA.
             user_metadata: metadata about the run.
+            optimizer: the run's optimizer family, fixed for its life, as ``{"type": "adamw"}`` (the
+                default) or another family such as ``{"type": "dimuon", "version": 1}`` (an SDK
+                ``tinker.types.*OptimizerConfig`` works too).
 
         Returns:
             A Future of the new :class:`TrainingClient`.
@@ -197,6 +209,7 @@ class ServiceClient:
         lora = _wire.LoraConfig(
             rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn
         )
+        optimizer_config = _optimizer_config(optimizer) or _wire.OptimizerConfig()
         model_seq_id = self._allocate_model_seq()
 
         def work() -> TrainingClient:
@@ -207,11 +220,13 @@ class ServiceClient:
                 base_model=base_model,
                 user_metadata=user_metadata,
                 lora_config=lora,
+                optimizer_config=optimizer_config,
             )
             model_id = _ops.create_model(self._transport, request, self.on_queue_state)
             return TrainingClient(self, model_id, base_model=base_model, next_seq_id=1)
 
         return self._submit(work)
+
     def create_training_client_from_state(
         self,
         path: str,
@@ -219,6 +234,7 @@ class ServiceClient:
         base_model: Optional[str] = None,
         user_metadata: Optional[Dict[str, Any]] = None,
         weights_access_token: Optional[str] = None,
+        optimizer: Optional[Any] = None,
     ) -> "concurrent.futures.Future[TrainingClient]":
         """Start a new training run from a checkpoint's weights; the optimizer starts fresh.
 
@@ -230,6 +246,8 @@ class ServiceClient:
             base_model: override of the checkpoint's base model (must be compatible).
             user_metadata: metadata about the new run.
             weights_access_token: token for a checkpoint owned by another account.
+            optimizer: the new run's optimizer family (see :meth:`create_lora_training_client`); None
+                lets the server choose (AdamW). Sent as ``optimizer_config``, as SDK 0.38 does.
 
         Returns:
             A Future of the new :class:`TrainingClient`.
@@ -240,7 +258,7 @@ class ServiceClient:
         """
         return self._from_state(
             path, optimizer=False, base_model=base_model, user_metadata=user_metadata,
-            weights_access_token=weights_access_token,
+            weights_access_token=weights_access_token, optimizer_config=_optimizer_config(optimizer),
         )
 
     def create_training_client_from_state_with_optimizer(
@@ -253,11 +271,12 @@ class ServiceClient:
     ) -> "concurrent.futures.Future[TrainingClient]":
         """Resume a training run from a checkpoint: weights and Adam state. The exact-resume path.
 
-        Same arguments, result and errors as :meth:`create_training_client_from_state`.
+        Same arguments (except ``optimizer``: the checkpoint's optimizer is restored), result and errors
+        as :meth:`create_training_client_from_state`.
         """
         return self._from_state(
             path, optimizer=True, base_model=base_model, user_metadata=user_metadata,
-            weights_access_token=weights_access_token,
+            weights_access_token=weights_access_token, optimizer_config=None,
         )
 
     def _from_state(
@@ -268,6 +287,7 @@ class ServiceClient:
         base_model: Optional[str],
         user_metadata: Optional[Dict[str, Any]],
         weights_access_token: Optional[str],
+        optimizer_config: Optional[_wire.OptimizerConfig],
     ) -> "concurrent.futures.Future[TrainingClient]":
         parse_path(path)
         if base_model is not None and (not isinstance(base_model, str) or not base_model):
@@ -286,6 +306,7 @@ class ServiceClient:
                 user_metadata=metadata,
                 path=path,
                 optimizer=optimizer,
+                optimizer_config=optimizer_config,
                 weights_access_token=token,
             )
             try:
@@ -293,7 +314,9 @@ class ServiceClient:
             except APIStatusError as exc:
                 if not _rejects_session_addressing(exc):
                     raise
-                return self._from_state_legacy(session_id, model_seq_id, path, optimizer, base_model, metadata, token)
+                return self._from_state_legacy(
+                    session_id, model_seq_id, path, optimizer, base_model, metadata, token, optimizer_config
+                )
             result = _ops.poll(transport, handle.request_id, _wire.LoadWeightsResponse, "LoadWeights",
                                on_queue_state=self.on_queue_state)
             model_id = "%s:train:%d" % (session_id, model_seq_id)
@@ -313,6 +336,7 @@ class ServiceClient:
         base_model: Optional[str],
         metadata: Optional[Dict[str, Any]],
         token: Optional[str],
+        optimizer_config: Optional[_wire.OptimizerConfig] = None,
     ) -> "TrainingClient":
         """Older servers: weights_info, create_model, then load_weights as the model's first request."""
         transport = self._transport
@@ -330,6 +354,7 @@ class ServiceClient:
             base_model=base_model or info.base_model,
             user_metadata=metadata,
             lora_config=lora if info.is_lora else None,
+            optimizer_config=optimizer_config or _wire.OptimizerConfig(),
         )
         model_id = _ops.create_model(transport, create, self.on_queue_state)
         load = _wire.LoadWeightsRequest(model_id=model_id, seq_id=1, path=path, optimizer=optimizer, weights_access_token=token)
@@ -528,6 +553,169 @@ class TrainingClient:
 
         return self.service._submit(work)
 
+    # ------------------------------------------------------------------ training
+
+    def forward_backward(
+        self,
+        data: Sequence[Datum],
+        loss_fn: str,
+        loss_fn_config: Optional[Mapping[str, Union[float, str]]] = None,
+    ) -> "concurrent.futures.Future[ForwardBackwardOutput]":
+        """Compute the loss of ``data`` and accumulate its gradient on the server, for the next :meth:`optim_step`.
+
+        The body is protobuf (``application/x-protobuf``), as the official SDK sends it. A batch over the
+        per-request limits (``Config.fwdbwd_max_chunk_len`` datums, ``fwdbwd_max_chunk_bytes_count``
+        estimated bytes) is split as the SDK splits it: several consecutive requests on the model, whose
+        results are combined as the SDK combines them (outputs concatenated, metrics reduced by their
+        ``:<reduction>`` suffix, e.g. ``loss:sum`` summed).
+
+        Args:
+            data: the examples, a non-empty list of :class:`Datum`.
+            loss_fn: the loss, one of SDK 0.38's names, e.g. ``"cross_entropy"``.
+            loss_fn_config: optional loss parameters, str -> number or str.
+
+        Returns:
+            A Future of :class:`ForwardBackwardOutput` (per-datum ``loss_fn_outputs`` such as
+            ``logprobs``, and ``metrics`` such as ``metrics["loss:sum"]``).
+
+        Raises:
+            UsageError: empty data, a non-Datum entry, an unknown ``loss_fn``, a bad config value, or a
+                single datum larger than one request may carry (immediately; nothing is sent).
+            RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+        """
+        return self._forward_backward(data, loss_fn, loss_fn_config, forward_only=False)
+
+    def forward(
+        self,
+        data: Sequence[Datum],
+        loss_fn: str,
+        loss_fn_config: Optional[Mapping[str, Union[float, str]]] = None,
+    ) -> "concurrent.futures.Future[ForwardBackwardOutput]":
+        """Compute the loss and outputs of ``data`` without accumulating a gradient.
+
+        Same arguments, result and errors as :meth:`forward_backward` (wire: ``forward_only`` set).
+        """
+        return self._forward_backward(data, loss_fn, loss_fn_config, forward_only=True)
+
+    def _forward_backward(
+        self,
+        data: Sequence[Datum],
+        loss_fn: str,
+        loss_fn_config: Optional[Mapping[str, Union[float, str]]],
+        *,
+        forward_only: bool,
+    ) -> "concurrent.futures.Future[ForwardBackwardOutput]":
+        cfg = self.service.config
+        chunks = _proto.split_data(data, max_len=cfg.fwdbwd_max_chunk_len, max_bytes=cfg.fwdbwd_max_chunk_bytes_count)
+        # Everything but model_id and seq_id is encoded now, so bad input fails here. Fields 1 and 2 lead the
+        # message (field-number order), so prefixing them when the seq_id is known gives the canonical bytes.
+        payloads = [
+            _proto.encode_forward_backward_request(
+                model_id="", seq_id=0, data=chunk, loss_fn=loss_fn, loss_fn_config=loss_fn_config,
+                forward_only=forward_only,
+            )
+            for chunk in chunks
+        ]
+
+        def part(payload: bytes) -> Callable[[int], _ops.EncodedRequest]:
+            def make(seq_id: int) -> _ops.EncodedRequest:
+                head = _proto.encode("ForwardBackwardRequest", {"model_id": self.model_id, "seq_id": seq_id})
+                return _ops.EncodedRequest(head + payload, _proto.CONTENT_TYPE, seq_id)
+
+            return make
+
+        parts = self._queue.enqueue_parts("/forward_backward", [part(p) for p in payloads])
+        request_type = "Forward" if forward_only else "ForwardBackward"
+        transport = self.service._transport
+
+        def work() -> ForwardBackwardOutput:
+            handles = [self._queue.send_through(p) for p in parts]
+            results = [
+                _ops.poll(
+                    transport, handle.request_id, ForwardBackwardOutput, request_type,
+                    on_queue_state=self.service.on_queue_state, binary=_FORWARD_BACKWARD_RESULT,
+                )
+                for handle in handles
+            ]
+            return _proto.combine_forward_backward_outputs(results)
+
+        return self.service._submit(work)
+
+    def optim_step(
+        self, optim_params: Optional[Any] = None, *, adam_params: Optional[AdamParams] = None
+    ) -> "concurrent.futures.Future[OptimStepResponse]":
+        """Apply the accumulated gradient with the run's optimizer, then clear it.
+
+        Args:
+            optim_params: :class:`AdamParams` for an AdamW run (positional, as in SDK 0.38), or another
+                family's parameters as a dict with a ``type`` key, e.g. ``{"type": "dimuon",
+                "learning_rate": 0.01}`` (sent under ``optimizer_params``; dimuon's defaults filled in as
+                the SDK's ``DimuonParams`` does). An SDK parameter object works too.
+            adam_params: the legacy keyword for :class:`AdamParams`; not together with ``optim_params``.
+
+        Returns:
+            A Future of :class:`OptimStepResponse` (its ``metrics``, when the server sends any).
+
+        Raises:
+            UsageError: no parameters, both arguments, a negative learning rate or another bad value
+                (immediately; nothing is sent).
+            RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+        """
+        adam, other = _optim_params(optim_params, adam_params)
+
+        def make(seq_id: int) -> _wire.OptimStepRequest:
+            return _wire.OptimStepRequest(model_id=self.model_id, seq_id=seq_id, adam_params=adam, optimizer_params=other)
+
+        pending = self._queue.enqueue("/optim_step", make)
+
+        def work() -> OptimStepResponse:
+            result = self._finish(pending, _wire.OptimStepResponse, "OptimStep")
+            return OptimStepResponse(metrics=dict(result.metrics) if result.metrics is not None else None)
+
+        return self.service._submit(work)
+
+    def save_weights_for_sampler(
+        self,
+        name: str,
+        *,
+        ttl_seconds: Optional[int] = None,
+        user_metadata: Optional[Dict[str, str]] = None,
+    ) -> "concurrent.futures.Future[SaveWeightsForSamplerResult]":
+        """Save the run's weights for sampling (no optimizer state) as sampler checkpoint ``name``.
+
+        Args:
+            name: checkpoint name, 1-128 characters without ``/``, ``..`` or control characters.
+            ttl_seconds: lifetime in seconds, 3600 to 10 years; None keeps it until deleted.
+            user_metadata: str -> str metadata stored with the checkpoint.
+
+        Returns:
+            A Future of :class:`SaveWeightsForSamplerResult`; its ``path`` is
+            ``tinker://<model_id>/sampler_weights/<name>``. It resolves only after the server reports the
+            weights committed. A sampler path is not training state: ``load_state*`` and
+            ``create_training_client_from_state*`` refuse it.
+
+        Raises:
+            UsageError: bad arguments (immediately; nothing is sent).
+            RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+        """
+        _paths.check_name(name)
+        _paths.check_ttl(ttl_seconds)
+        metadata = _metadata(user_metadata, values_str=True)
+
+        def make(seq_id: int) -> _wire.SaveWeightsForSamplerRequest:
+            return _wire.SaveWeightsForSamplerRequest(
+                model_id=self.model_id, path=name, seq_id=seq_id, ttl_seconds=ttl_seconds, user_metadata=metadata
+            )
+
+        pending = self._queue.enqueue("/save_weights_for_sampler", make)
+        expected = "tinker://%s/sampler_weights/%s" % (self.model_id, name)
+
+        def work() -> SaveWeightsForSamplerResult:
+            result = self._finish(pending, _wire.SaveWeightsForSamplerResponse, "SaveWeightsForSampler")
+            return SaveWeightsForSamplerResult(path=result.path or expected, model_id=self.model_id, seq_id=pending.seq_id)
+
+        return self.service._submit(work)
+
 
 # --------------------------------------------------------------------------- internal interface
 # What the package's other modules (checkpoints, download, demo) may use of the clients. Nothing
@@ -576,18 +764,6 @@ def check_training_client(tc: Any) -> TrainingClient:
     return tc
 
 
-def send_in_order(
-    tc: TrainingClient, path: str, make: Callable[[int], Any], result_cls: Type[T], request_type: str
-) -> "concurrent.futures.Future[T]":
-    """Queue one request on ``tc``'s model in call order; return a Future of its decoded result.
-
-    Internal: ``make(seq_id)`` builds the request when its turn comes; ``request_type`` names it to
-    ``retrieve_future``. The request is sent after every request queued before it on the model.
-    """
-    submission = tc._queue.enqueue(path, make)
-    return tc.service._submit(tc._finish, submission, result_cls, request_type)
-
-
 # --------------------------------------------------------------------------- argument checks
 
 
@@ -619,3 +795,84 @@ def _rejects_session_addressing(exc: APIStatusError) -> bool:
     return isinstance(exc, (BadRequestError, UnprocessableEntityError)) and (
         "session_id" in body or "model_seq_id" in body or "model_id" in body
     )
+
+
+def _sdk_object(value: Any) -> Any:
+    """The dict of an official-SDK (pydantic) parameter object, so ported code can pass one; else ``value``."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, Mapping):
+        return dump()
+    return value
+
+
+def _optimizer_config(value: Any) -> Optional[_wire.OptimizerConfig]:
+    """The ``optimizer_config`` of ``optimizer=``: None, or a dict (or SDK object) with a str ``type``."""
+    if value is None:
+        return None
+    value = _sdk_object(value)
+    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str) or not value["type"]:
+        raise UsageError('optimizer must be a dict with a "type", e.g. {"type": "adamw"}, got %r' % (value,))
+    extra = {k: v for k, v in value.items() if k != "type"}
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError("optimizer settings must be JSON values: %s" % exc) from None
+    return _wire.OptimizerConfig(type=value["type"], extra=extra)
+
+
+#: The fields of SDK 0.38's ``DimuonParams``, in its order, with their defaults (learning_rate is required).
+_DIMUON_DEFAULTS = (("learning_rate", None), ("grad_clip_norm", 0.0), ("beta1", 0.9))
+
+
+def _number(family: str, key: str, value: Any, low: float = 0.0, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError("%s %s must be a finite number, got %r" % (family, key, value))
+    if not low <= value < high:
+        raise UsageError("%s %s must be in [%g, %g), got %r" % (family, key, low, high, value))
+    return float(value)
+
+
+def _optim_params(optim_params: Any, adam_params: Any) -> Tuple[Optional[_wire.AdamParams], Optional[Dict[str, Any]]]:
+    """Split ``optim_step``'s arguments into ``(adam_params, optimizer_params)``, one of them None."""
+    if optim_params is not None and adam_params is not None:
+        raise UsageError("pass optim_params or the legacy adam_params, not both")
+    params = _sdk_object(optim_params if optim_params is not None else adam_params)
+    if params is None:
+        raise UsageError("optim_step needs its parameters, e.g. optim_step(AdamParams(learning_rate=1e-4))")
+    if isinstance(params, Mapping) and "type" not in params:
+        try:
+            params = AdamParams(**params)
+        except TypeError as exc:
+            raise UsageError("AdamParams: %s" % exc) from None
+    if isinstance(params, AdamParams):
+        return _wire.AdamParams(**attrs.asdict(params)), None
+    if not isinstance(params, Mapping):
+        raise UsageError(
+            'optim_params must be AdamParams or a dict with a "type" (another optimizer family), got %s'
+            % type(params).__name__
+        )
+    family = params["type"]
+    if not isinstance(family, str) or not family:
+        raise UsageError('optim_params "type" must be a non-empty str, got %r' % (family,))
+    if family in ("adam", "adamw"):
+        raise UsageError("AdamW parameters are passed as AdamParams(...), not as a dict with a type")
+    if family == "dimuon":
+        unknown = sorted(set(params) - {"type"} - {k for k, _ in _DIMUON_DEFAULTS})
+        if unknown:
+            raise UsageError("dimuon parameters have no %s" % ", ".join(unknown))
+        if "learning_rate" not in params:
+            raise UsageError("dimuon parameters need a learning_rate")
+        out: Dict[str, Any] = {"type": "dimuon"}
+        for key, default in _DIMUON_DEFAULTS:
+            value = params.get(key, default)
+            out[key] = _number(family, key, value, -math.inf if key == "grad_clip_norm" else 0.0,
+                               1.0 if key == "beta1" else math.inf)
+        return None, out
+    out = dict(params)
+    if "learning_rate" in out:
+        _number(family, "learning_rate", out["learning_rate"])
+    try:
+        json.dumps(out, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError("%s parameters must be JSON numbers, strings, lists and dicts: %s" % (family, exc)) from None
+    return None, out

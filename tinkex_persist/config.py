@@ -35,6 +35,10 @@ DEFAULT_MAX_WORKERS = 4
 DEFAULT_POLL_TIMEOUT: Optional[float] = 3600.0
 #: Seconds between session heartbeats.
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
+#: Most datums in one ``forward_backward`` request (the SDK's client config ``fwdbwd_max_chunk_len``).
+DEFAULT_FWDBWD_MAX_CHUNK_LEN = 1024
+#: Most estimated bytes in one ``forward_backward`` request (the SDK's ``fwdbwd_max_chunk_bytes_count``).
+DEFAULT_FWDBWD_MAX_CHUNK_BYTES_COUNT = 5_000_000
 
 ENV_API_KEY = "TINKER_API_KEY"
 ENV_BASE_URL = "TINKER_BASE_URL"
@@ -170,6 +174,14 @@ class Config:
     """TLS verification: True, or the path of a CA bundle. There is no way to turn it off by default."""
     allow_insecure_http: bool = False
     """Allow ``http://`` to a non-loopback host (the API key then travels in clear)."""
+    fwdbwd_max_chunk_len: int = attrs.field(
+        default=DEFAULT_FWDBWD_MAX_CHUNK_LEN, validator=_positive("fwdbwd_max_chunk_len")
+    )
+    """Most datums per ``forward_backward`` request; a larger batch is split into several, as the SDK splits it."""
+    fwdbwd_max_chunk_bytes_count: int = attrs.field(
+        default=DEFAULT_FWDBWD_MAX_CHUNK_BYTES_COUNT, validator=_positive("fwdbwd_max_chunk_bytes_count")
+    )
+    """Most estimated bytes per ``forward_backward`` request; a single larger datum is refused."""
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "base_url", check_base_url(self.base_url, self.allow_insecure_http))

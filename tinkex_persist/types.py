@@ -22,6 +22,19 @@ class SaveStateResult:
 
 
 @attrs.frozen(kw_only=True)
+class SaveWeightsForSamplerResult:
+    """Committed sampler weights (the SDK's ``SaveWeightsForSamplerResponse``, with the run and order added)."""
+
+    path: str
+    """``tinker://<model_id>/sampler_weights/<name>``: for sampling, listing, ``get_weights_info``, deletion.
+    Not training state: ``load_state*`` and ``create_training_client_from_state*`` refuse it."""
+    model_id: str
+    """The training run whose weights were saved."""
+    seq_id: int
+    """Position of the save in the run's request order."""
+
+
+@attrs.frozen(kw_only=True)
 class LoadStateResult:
     """Checkpoint state loaded onto a training model."""
 

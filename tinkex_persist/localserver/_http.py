@@ -4,6 +4,7 @@ Each response (status line, headers and body) goes out in a single ``sendall`` o
 otherwise keep-alive requests stall ~40 ms on delayed ACK.
 """
 
+import hashlib
 import hmac
 import json
 import logging
@@ -13,10 +14,10 @@ import ssl
 import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Dict, List, Optional, Pattern, Tuple
+from typing import Any, Callable, Dict, List, Optional, Pattern, Tuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from .. import _converter, _wire
+from .. import _converter, _proto, _wire
 from ..exceptions import DecodeError
 from ._service import HTTPError, Service, canonical
 from ._store import iso
@@ -30,7 +31,13 @@ _SIGNED_TOKEN = re.compile(r"/local/v1/archives/[^/ ?]+")
 _NO_CONTENT: Tuple[int, None, Dict[str, str]] = (204, None, {})
 _REASONS = BaseHTTPRequestHandler.responses
 #: Routes that run a model operation and honour ``X-Idempotency-Key``; their handler is the Service method.
-SUBMITS = ("create_model", "save_weights", "load_weights", "optim_step")
+SUBMITS = (
+    "create_model", "save_weights", "load_weights", "optim_step", "forward_backward", "forward", "save_weights_for_sampler",
+)
+#: Request classes whose bodies are protobuf, with their strict decoders.
+BINARY_BODIES: Dict[type, Callable[[bytes], Any]] = {
+    _proto.ForwardBackwardRequestMessage: _proto.decode_forward_backward_request,
+}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -159,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
         self, service: Service, cls: Optional[type], fn: Any, groups: Dict[str, str], raw: bytes, query: str
     ) -> Any:
         data: Any = None
+        if cls in BINARY_BODIES:
+            return self._call_binary(service, cls, fn, raw)
         if raw or cls is not None:
             try:
                 data = json.loads(raw) if raw else None
@@ -177,6 +186,23 @@ class Handler(BaseHTTPRequestHandler):
             return status, obj, {}
         out = fn(self, service, req, groups, query)
         return out if isinstance(out, tuple) else (200, out, {})
+
+    def _call_binary(self, service: Service, cls: type, fn: str, raw: bytes) -> Any:
+        """A submission with a protobuf body: checked media type and encoding, strict decoding, idempotency."""
+        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype != _proto.CONTENT_TYPE:
+            raise HTTPError(415, "%s takes a protobuf body (Content-Type: %s), got %r" % (self._path, _proto.CONTENT_TYPE, ctype))
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise HTTPError(415, "Content-Encoding %r is not supported by the local server; send the body as it is" % encoding)
+        try:
+            req = BINARY_BODIES[cls](raw)
+        except DecodeError as exc:
+            raise HTTPError(400, exc.message, errors=exc.errors) from None
+        body_key = canonical([fn, hashlib.sha256(raw).hexdigest()])
+        submit = lambda: (200, getattr(service, fn)(req, body_key))  # noqa: E731
+        status, obj = service.idempotent(self.headers.get("X-Idempotency-Key"), body_key, submit)
+        return status, obj, {}
 
 
 def _attachment(filename: str) -> str:
@@ -255,6 +281,18 @@ def _get_run(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) ->
     return s.training_run(g["run"])
 
 
+def _retrieve(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
+    status, outcome = s.retrieve_future(req)
+    if isinstance(outcome, bytes):  # a forward_backward result, kept as protobuf
+        accepted = [a.split(";", 1)[0].strip().lower() for a in (h.headers.get("Accept") or "").split(",")]
+        if _proto.CONTENT_TYPE not in accepted:
+            raise HTTPError(
+                406, "the result of request %s is protobuf: poll with Accept: %s" % (req.request_id, _proto.CONTENT_TYPE)
+            )
+        return status, outcome, {"Content-Type": _proto.CONTENT_TYPE}
+    return status, outcome, {}
+
+
 def _ckpt(g: Dict[str, str]) -> str:
     return Service.tinker_path(g["run"], g["kind"], g["name"])
 
@@ -322,12 +360,10 @@ ROUTES: List[Tuple[str, Pattern[str], Optional[type], Any]] = [
         ("POST", "/api/v1/save_weights", _wire.SaveWeightsRequest, "save_weights"),
         ("POST", "/api/v1/load_weights", _wire.LoadWeightsRequest, "load_weights"),
         ("POST", "/api/v1/optim_step", _wire.OptimStepRequest, "optim_step"),
-        (
-            "POST",
-            "/api/v1/retrieve_future",
-            _wire.RetrieveFutureRequest,
-            lambda h, s, r, g, q: s.retrieve_future(r) + ({},),
-        ),
+        ("POST", "/api/v1/retrieve_future", _wire.RetrieveFutureRequest, _retrieve),
+        ("POST", "/api/v1/forward_backward", _proto.ForwardBackwardRequestMessage, "forward_backward"),
+        ("POST", "/api/v1/forward", _proto.ForwardBackwardRequestMessage, "forward"),
+        ("POST", "/api/v1/save_weights_for_sampler", _wire.SaveWeightsForSamplerRequest, "save_weights_for_sampler"),
         ("POST", "/api/v1/weights_info", _wire.WeightsInfoRequest, lambda h, s, r, g, q: s.weights_info(r)),
         ("GET", "/api/v1/checkpoints", None, _list_user),
         ("GET", "/api/v1/training_runs", None, _list_runs),

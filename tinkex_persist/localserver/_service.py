@@ -18,8 +18,10 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .. import _converter, _paths, _wire
+from .. import _converter, _paths, _proto, _wire
 from ..exceptions import UsageError
+from ..training_types import ForwardBackwardOutput, TensorData
+from . import _lm
 from ._model import ModelState
 from ._options import ServerOptions
 from ._store import CheckpointStore, StoreError, checkpoint_wire, iso
@@ -369,9 +371,9 @@ class Service:
                 self._cond.notify_all()
             return answer
 
-    def _checkpoint(self, path: str) -> Dict[str, Any]:
+    def _checkpoint(self, path: str, *, training: bool = True) -> Dict[str, Any]:
         try:
-            parsed = _paths.parse_path(path)
+            parsed = _paths.parse_path(path, training=training)
         except UsageError as exc:
             raise UserError(exc.message) from None
         entry = self.store.get(str(parsed))
@@ -470,6 +472,11 @@ class Service:
 
     def optim_step(self, req: _wire.OptimStepRequest, key: str) -> Dict[str, Any]:
         p = req.adam_params
+        if p is None:
+            family = (req.optimizer_params or {}).get("type", "?")
+            raise HTTPError(400, "optim_step needs adam_params: the local server trains with adamw, not %r" % family)
+        if req.optimizer_params is not None:
+            raise HTTPError(400, "optim_step takes adam_params or optimizer_params, not both")
 
         def op(model: _Model) -> Dict[str, Any]:
             if p.learning_rate < 0 or not (0 <= p.beta1 < 1 and 0 <= p.beta2 < 1) or p.eps < 0:
@@ -479,11 +486,73 @@ class Service:
 
         return self._submit(req.model_id, req.seq_id, key, op)
 
+    def forward_backward(
+        self, req: _proto.ForwardBackwardRequestMessage, key: str, forward_only: bool = False
+    ) -> Dict[str, Any]:
+        """Run the tiny model on a decoded ``forward_backward`` (or ``forward``) request, in seq_id order.
+
+        The batch is checked before it takes a seq_id: an unknown loss, a token id outside the base model's
+        vocabulary or lengths that disagree get a 400 naming the datum. The result is stored as protobuf
+        bytes, which ``retrieve_future`` serves as ``application/x-protobuf``.
+        """
+        with self._cond:
+            base_model = self._model(req.model_id).state.base_model
+        pairs = []
+        for i, datum in enumerate(req.data):
+            try:
+                tokens = datum.model_input.to_ints()
+            except UsageError:
+                raise HTTPError(400, "datum %d: the local server takes token chunks only, not images" % i) from None
+            pairs.append((tokens, {name: td.data for name, td in datum.loss_fn_inputs.items()}))
+        try:
+            batch = _lm.check(base_model, pairs, req.loss_fn, req.loss_fn_config)
+        except _lm.LMError as exc:
+            raise HTTPError(400, str(exc)) from None
+        only = forward_only or req.forward_only
+
+        def op(model: _Model) -> Any:
+            try:
+                result = _lm.run(model.state, batch, only)
+            except _lm.LMError as exc:
+                raise UserError(str(exc)) from None
+            outputs = [
+                {name: TensorData(data=values, dtype="float32", shape=[len(values)]) for name, values in datum.items()}
+                for datum in result.loss_fn_outputs
+            ]
+            output = ForwardBackwardOutput(loss_fn_output_type="ArrayRecord", loss_fn_outputs=outputs, metrics=result.metrics)
+            return _proto.encode_forward_backward_output(output)
+
+        return self._submit(req.model_id, req.seq_id, key, op)
+
+    def forward(self, req: _proto.ForwardBackwardRequestMessage, key: str) -> Dict[str, Any]:
+        """``POST /api/v1/forward``: :meth:`forward_backward` without a gradient, whatever ``forward_only`` says."""
+        return self.forward_backward(req, key, forward_only=True)
+
+    def save_weights_for_sampler(self, req: _wire.SaveWeightsForSamplerRequest, key: str) -> Dict[str, Any]:
+        if req.path is None:
+            raise HTTPError(400, "save_weights_for_sampler needs a path (name): the local server keeps no sampling sessions")
+
+        def op(model: _Model) -> Dict[str, Any]:
+            info = {"base_model": model.state.base_model, "lora_rank": model.state.rank, "step": model.state.step}
+            info.update(model.lora)
+            try:
+                entry = self.store.save(
+                    model.id, req.path, model.state.weights_bytes(), b"", info, req.ttl_seconds, False,  # type: ignore[arg-type]
+                    req.user_metadata, self.options.save_hook, kind="sampler_weights",
+                )
+            except StoreError as exc:
+                raise UserError(str(exc)) from None
+            return _answer_json(
+                _wire.SaveWeightsForSamplerResponse(path=entry["tinker_path"], type="save_weights_for_sampler")
+            )
+
+        return self._submit(req.model_id, req.seq_id, key, op)
+
     # ------------------------------------------------------------------ REST
 
     def weights_info(self, req: _wire.WeightsInfoRequest) -> Dict[str, Any]:
         try:
-            entry = self._checkpoint(req.tinker_path)
+            entry = self._checkpoint(req.tinker_path, training=False)
         except UserError as exc:
             raise HTTPError(404, str(exc)) from None
         info = _wire.WeightsInfoResponse(
@@ -565,9 +634,9 @@ class Service:
 
     @staticmethod
     def tinker_path(run_id: str, kind: str, name: str) -> str:
-        if kind != "weights":
+        if kind not in ("weights", "sampler_weights"):
             raise HTTPError(
-                404, "checkpoint %s/%s not found: the local server stores training weights only" % (kind, name)
+                404, "checkpoint %s/%s not found: the local server stores training and sampler weights only" % (kind, name)
             )
         return str(_paths.TinkerPath(run_id, kind, name))
 

@@ -329,14 +329,19 @@ class CheckpointStore:
         overwrite: bool,
         user_metadata: Optional[Dict[str, str]],
         hook: Optional[Callable[[str, str], None]] = None,
+        kind: str = "weights",
     ) -> Dict[str, Any]:
-        """Write a checkpoint atomically: temp dir, fsync, rename, then the index. Return its entry."""
+        """Write a checkpoint atomically: temp dir, fsync, rename, then the index. Return its entry.
+
+        ``kind`` is the path segment: ``weights`` (training state) or ``sampler_weights`` (weights for
+        sampling; its optimizer file is empty).
+        """
         try:
             _paths.check_name(name)
             _paths.check_ttl(ttl_seconds)
         except UsageError as exc:
             raise StoreError(exc.message) from None
-        path = str(_paths.TinkerPath(run_id, "weights", name))
+        path = str(_paths.TinkerPath(run_id, kind, name))
         with self._lock:
             old = self._index.get(path)
             if self._live(old) and not overwrite:
@@ -363,6 +368,7 @@ class CheckpointStore:
                 info,
                 run_id=run_id,
                 name=name,
+                kind=kind,
                 tinker_path=path,
                 dir=key,
                 time=now,
@@ -438,9 +444,10 @@ class CheckpointStore:
 
 def checkpoint_wire(entry: Dict[str, Any]) -> _wire.Checkpoint:
     """Return the wire object of one checkpoint (``Checkpoint`` in the SDK)."""
+    kind = entry.get("kind", "weights")  # entries written before sampler checkpoints have no kind
     return _wire.Checkpoint(
-        checkpoint_id="weights/%s" % entry["name"],
-        checkpoint_type="training",
+        checkpoint_id="%s/%s" % (kind, entry["name"]),
+        checkpoint_type=_paths.KINDS[kind],
         time=iso(entry["time"]),
         tinker_path=entry["tinker_path"],
         size_bytes=entry["size_bytes"],
