@@ -406,7 +406,7 @@ class TestEntryPoints:
         """``demo`` runs the save/crash/resume demo: exit 0 with every check passed, and a JSON verdict with --json."""
         code = cli.main(["demo"])
         out = capsys.readouterr().out
-        assert (0, True, 3) == (code, "All checks passed" in out, out.count("[ok]"))
+        assert (0, True, 5) == (code, "All checks passed" in out, out.count("[ok]"))
         code = cli.main(["demo", "--json"])
         out, err = capsys.readouterr()
         assert (0, {"ok": True, "exit_code": 0}, True) == (code, json.loads(out), "All checks passed" in err)

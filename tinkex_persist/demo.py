@@ -5,27 +5,43 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from . import _wire
-from .api import create_training_client_from_state, create_training_client_from_state_with_optimizer, save_state
-from .client import ServiceClient, TrainingClient, runner_of, send_in_order
+from .api import (
+    create_training_client_from_state,
+    create_training_client_from_state_with_optimizer,
+    forward_backward,
+    optim_step as _optim_step,
+    save_state,
+)
+from .client import ServiceClient, TrainingClient, runner_of
+from .training_types import AdamParams, Datum, ModelInput
 
 BASE_MODEL = "Qwen/Qwen3-8B"
 #: Local servers accept any key unless started with one; the demo's server is private to the demo.
 DEMO_KEY = "tml-local-demo"
+#: Learning rate of the demo's AdamW steps.
+LEARNING_RATE = 0.05
+#: The demo's fixed training batch: token ids as a Qwen3 tokenizer would give them, each predicting the next.
+SEQUENCES = (
+    (9707, 11, 1879, 0, 576, 3974, 13876, 38835),
+    (785, 3974, 374, 264, 1273, 315, 279, 1849),
+    (40, 1075, 5426, 6467, 304, 13027, 13),
+)
+
+
+def batch() -> List[Datum]:
+    """The demo's fixed batch: next-token cross-entropy on each sequence, every position weighted 1."""
+    return [
+        Datum(
+            model_input=ModelInput.from_ints(list(seq[:-1])),
+            loss_fn_inputs={"target_tokens": list(seq[1:]), "weights": [1.0] * (len(seq) - 1)},
+        )
+        for seq in SEQUENCES
+    ]
 
 
 def optim_step(tc: TrainingClient, learning_rate: float = 1e-2) -> Dict[str, float]:
-    """Run one AdamW step on the server, in the client's request order. Local-server helper, not public API."""
-    params = _wire.AdamParams(learning_rate=learning_rate)
-    future = send_in_order(
-        tc,
-        "/optim_step",
-        lambda seq_id: _wire.OptimStepRequest(model_id=tc.model_id, seq_id=seq_id, adam_params=params),
-        _wire.OptimStepResponse,
-        "OptimStep",
-    )
-    result = future.result()
-    return result.metrics or {}
+    """Run one AdamW step (``tc.optim_step``) and return its metrics."""
+    return _optim_step(tc, AdamParams(learning_rate=learning_rate)).result().metrics or {}
 
 
 def model_state(service: ServiceClient, model_id: str) -> Dict[str, Any]:
@@ -34,10 +50,23 @@ def model_state(service: ServiceClient, model_id: str) -> Dict[str, Any]:
     return resp.json()
 
 
-def train(tc: TrainingClient, steps: int) -> None:
-    """Run ``steps`` optimizer steps."""
+def train(tc: TrainingClient, steps: int) -> List[float]:
+    """Run ``steps`` training steps on the fixed batch (forward_backward, then optim_step); return the losses.
+
+    Both requests of a step are submitted before waiting, as a training loop pipelines them.
+    """
+    losses = []
+    data = batch()
     for _ in range(steps):
-        optim_step(tc)
+        fb = forward_backward(tc, data, "cross_entropy")
+        step = _optim_step(tc, AdamParams(learning_rate=LEARNING_RATE))
+        losses.append(fb.result().metrics["loss:sum"])
+        step.result()
+    return losses
+
+
+def _curve(losses: Sequence[float]) -> str:
+    return " ".join("%.3f" % x for x in losses)
 
 
 def _short(digest: str) -> str:
@@ -64,11 +93,16 @@ def run(out: TextIO, steps: int = 5) -> bool:
             say("Local Tinker-compatible server on %s (checkpoints under %s)" % (server.url, root))
             with ServiceClient(base_url=server.url, api_key=DEMO_KEY) as service:
                 tc = service.create_lora_training_client(BASE_MODEL, rank=8, seed=1).result()
-                say("1. Created training run %s; training %d steps" % (tc.model_id, steps))
-                train(tc, steps)
+                say("1. Created training run %s; training %d steps (forward_backward + optim_step, cross-entropy "
+                    "on %d sequences)" % (tc.model_id, steps, len(SEQUENCES)))
+                first = train(tc, steps)
+                say("   loss:sum per step: %s" % _curve(first))
                 saved = save_state(tc, "step-%d" % steps).result()
                 say("2. Saved %s" % saved.path)
-                train(tc, steps)
+                second = train(tc, steps)
+                say("   loss:sum per step: %s" % _curve(second))
+                check("loss falls over the %d steps" % (2 * steps), second[-1] < first[0],
+                      "%.3f -> %.3f" % (first[0], second[-1]))
                 reference = model_state(service, tc.model_id)
                 say("3. Uninterrupted run trained %d more steps: step %s, weights %s, optimizer %s"
                     % (steps, reference["step"], _short(reference["weights_sha256"]), _short(reference["optimizer_sha256"])))
@@ -77,10 +111,12 @@ def run(out: TextIO, steps: int = 5) -> bool:
             say("5. Restarted the server on the same directory (%s)" % server.url)
             with ServiceClient(base_url=server.url, api_key=DEMO_KEY) as service:
                 resumed = create_training_client_from_state_with_optimizer(service, saved.path).result()
-                train(resumed, steps)
+                again = train(resumed, steps)
                 exact = model_state(service, resumed.model_id)
                 say("6. Resumed with optimizer as %s and trained %d steps: weights %s, optimizer %s"
                     % (resumed.model_id, steps, _short(exact["weights_sha256"]), _short(exact["optimizer_sha256"])))
+                say("   loss:sum per step: %s" % _curve(again))
+                check("the resumed loss curve equals the uninterrupted run's", again == second)
                 check("weights equal the uninterrupted run's", exact["weights_sha256"] == reference["weights_sha256"])
                 check("optimizer state equals the uninterrupted run's", exact["optimizer_sha256"] == reference["optimizer_sha256"])
                 plain = create_training_client_from_state(service, saved.path).result()
