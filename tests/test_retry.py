@@ -495,3 +495,33 @@ class TestInterrupt:
                     child.wait()
         assert (True, "", True) == (child.returncode in (-signal.SIGINT, 130), out, "KeyboardInterrupt" in err)
         assert took < 10
+
+
+class TestPollSchedule:
+    """The waits between polls of a future the server answers ``try_again`` at once (no long-poll)."""
+
+    def test_result_pending_two_seconds_costs_twelve_polls(self):
+        """Simulated without sleeping: a result ready 2 s after the first poll is seen by the 12th poll."""
+        from tinkex_persist._ops import poll_waits
+        from tinkex_persist._retry import schedule
+
+        times = schedule(poll_waits(), 2.0)
+        assert 12 == len(times)
+        assert 0.05 == pytest.approx(times[-1] - 2.0)
+
+    def test_no_gap_between_polls_exceeds_the_cap(self):
+        """Every wait is at most POLL_MAX_WAIT, so detection lags a result by at most that (plus a round trip)."""
+        from tinkex_persist._ops import POLL_MAX_WAIT, poll_waits
+        from tinkex_persist._retry import schedule
+
+        times = schedule(poll_waits(), 10.0, round_trip=0.001)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert POLL_MAX_WAIT + 0.001 == pytest.approx(max(gaps))
+        assert [0.051, 0.201] == [round(g, 6) for g in gaps[:2]]
+
+    def test_schedule_needs_a_deterministic_policy(self):
+        """A jittered policy has no fixed schedule: schedule() refuses it."""
+        from tinkex_persist._retry import schedule
+
+        with pytest.raises(ValueError):
+            schedule(Retry(jitter=True), 1.0)

@@ -1,6 +1,7 @@
 """One plain synchronous function per wire operation, ``(transport, ...) -> result``. No threads here."""
 
 import logging
+import threading
 import time
 from typing import Any, Callable, Optional, Tuple, Type, TypeVar
 
@@ -18,9 +19,10 @@ T = TypeVar("T")
 
 API = "/api/v1"
 #: First wait after a ``try_again`` answered at once, in seconds; later waits grow by POLL_GROWTH.
-POLL_FIRST_WAIT = 0.02
-POLL_GROWTH = 3.0
-#: Longest wait between two polls of a pending future, in seconds.
+POLL_FIRST_WAIT = 0.05
+POLL_GROWTH = 4.0
+#: Longest wait between two polls of a pending future, in seconds. With the ramp above, a result pending
+#: 2 s costs 12 polls (0, 0.05, 0.25, ... 2.05 s) and is seen at most POLL_MAX_WAIT after it is ready.
 POLL_MAX_WAIT = 0.2
 #: An answer that took at least this long was a server-side long-poll, so re-poll at once.
 LONG_POLL_SECONDS = 1.0
@@ -75,6 +77,24 @@ def call(transport: Transport, method: str, path: str, request: Any, result_cls:
     return decode(resp.json(), result_cls)
 
 
+def poll_waits(deadline: Optional[Deadline] = None, interrupt: Optional[threading.Event] = None) -> Retry:
+    """The policy of the waits between polls answered ``try_again`` at once: short, growing, capped.
+
+    :func:`tinkex_persist._retry.schedule` turns it into poll times without sleeping.
+    """
+    return Retry(
+        total=None,
+        backoff_factor=POLL_FIRST_WAIT,
+        backoff_base=POLL_GROWTH,
+        backoff_max=POLL_MAX_WAIT,
+        jitter=False,
+        respect_retry_after_header=False,
+        deadline=deadline if deadline is not None else Deadline(None),
+        max_history=1,
+        interrupt=interrupt,
+    )
+
+
 def poll(
     transport: Transport,
     request_id: str,
@@ -98,18 +118,7 @@ def poll(
     cfg = transport.config
     deadline = Deadline(cfg.poll_timeout)
     timeout = (cfg.timeout[0], cfg.poll_read_timeout)
-    # Waits between polls answered ``try_again`` at once: short, growing, capped, never past the deadline.
-    fresh = Retry(
-        total=None,
-        backoff_factor=POLL_FIRST_WAIT,
-        backoff_base=POLL_GROWTH,
-        backoff_max=POLL_MAX_WAIT,
-        jitter=False,
-        respect_retry_after_header=False,
-        deadline=deadline,
-        max_history=1,
-        interrupt=transport.stopping,
-    )
+    fresh = poll_waits(deadline, transport.stopping)
     waits = fresh
     allow_metadata_only = True
     queue_state: Optional[str] = None

@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, FrozenSet, Mapping, Optional, Tuple, TypeVar
+from typing import Any, FrozenSet, List, Mapping, Optional, Tuple, TypeVar
 
 import attrs
 
@@ -252,6 +252,24 @@ class Retry:
         return True
 
     sleep_for_retry = sleep
+
+
+def schedule(policy: Retry, ready_at: float, round_trip: float = 0.0) -> List[float]:
+    """The times (from the first attempt) at which ``policy`` makes attempts that fail until ``ready_at``.
+
+    A pure simulation of a polling loop, without sleeping: each attempt takes ``round_trip`` seconds and
+    fails while it starts before ``ready_at``; then the policy's back-off (without jitter, as a poll uses)
+    is waited. The last time is the attempt that sees the result; ``len()`` is the number of attempts.
+    """
+    if policy.jitter:
+        raise ValueError("schedule() needs a policy without jitter")
+    times = [0.0]
+    now = 0.0
+    while now < ready_at:
+        policy = policy.increment("SIMULATED", "schedule")
+        now += round_trip + policy.get_backoff_time()
+        times.append(now)
+    return times
 
 
 History = Tuple[RequestHistory, ...]
