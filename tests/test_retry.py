@@ -282,7 +282,12 @@ class _Trickler:
 
     def close(self):
         self.stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (closing alone does not, on Linux)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(5)
 
 
 @pytest.fixture
@@ -496,6 +501,55 @@ class TestInterrupt:
         assert (True, "", True) == (child.returncode in (-signal.SIGINT, 130), out, "KeyboardInterrupt" in err)
         assert took < 10
 
+    def test_first_ctrl_c_stops_a_download_and_keeps_the_partial_file(self, keyed_server, mgmt_service, seed_run,
+                                                                      tmp_path):
+        """One SIGINT during ``download_checkpoint(...).result()`` on a slow transfer ends the process within
+        seconds; what arrived stays in ``<target>.tar.part`` for a later call to resume."""
+        import signal
+        import subprocess
+        import sys
+        from urllib.parse import urlsplit
+
+        import requests
+
+        from conftest import SERVER_KEY
+        from faultproxy import FaultProxy
+
+        _, (path,) = seed_run(["a"])
+        run, kind, name = path[len("tinker://"):].split("/")
+        api = "%s/api/v1/training_runs/%s/checkpoints/%s/%s/archive" % (keyed_server.url, run, kind, name)
+        signed = requests.get(api, headers={"X-API-Key": SERVER_KEY}, allow_redirects=False, timeout=10).headers["Location"]
+        dest = tmp_path / "dest"
+        script = (
+            "import sys, tinkex_persist as tp\n"
+            "with tp.ServiceClient(base_url=sys.argv[1], api_key=sys.argv[2], heartbeat_interval=None) as svc:\n"
+            "    fut = tp.download_checkpoint(svc, sys.argv[3], sys.argv[4])\n"
+            "    print('waiting', flush=True)\n"
+            "    fut.result()\n"
+            "    print('done', flush=True)\n"
+        )
+        with FaultProxy(keyed_server.url) as proxy:
+            proxy.add("trickle", "/local/v1/archives/*", seconds=0.01)
+            keyed_server.faults.add(ARCHIVE_API, status=302, headers={"Location": proxy.url + urlsplit(signed).path}, body={})
+            child = subprocess.Popen([sys.executable, "-c", script, keyed_server.url, SERVER_KEY, path, str(dest)],
+                                     cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert "waiting\n" == child.stdout.readline()
+                part = dest / run / kind / (name + ".tar.part")
+                deadline = time.monotonic() + 20
+                while not (part.exists() and part.stat().st_size > 0) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                t0 = time.monotonic()
+                child.send_signal(signal.SIGINT)
+                out, err = child.communicate(timeout=30)
+                took = time.monotonic() - t0
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        assert (True, "", True) == (child.returncode in (-signal.SIGINT, 130), out, "KeyboardInterrupt" in err)
+        assert took < 10
+        assert part.stat().st_size > 0
 
 class TestPollSchedule:
     """The waits between polls of a future the server answers ``try_again`` at once (no long-poll)."""

@@ -475,8 +475,7 @@ def _read_body(r: requests.Response, deadline: Optional[Deadline]) -> Iterator[b
 
     ``read1`` returns what one receive brought (urllib3 2); ``iter_content`` waits to fill its chunk.
     """
-    read1 = getattr(r.raw, "read1", None)
-    chunks = _pieces(read1) if read1 is not None and deadline is not None else r.iter_content(READ_CHUNK)
+    chunks = read_pieces(r) if deadline is not None else r.iter_content(READ_CHUNK)
     received = 0
     for chunk in chunks:
         received += len(chunk)
@@ -485,10 +484,19 @@ def _read_body(r: requests.Response, deadline: Optional[Deadline]) -> Iterator[b
         yield chunk
 
 
-def _pieces(read1: Any) -> Iterator[bytes]:
+def read_pieces(r: requests.Response, size: int = READ_CHUNK) -> Iterator[bytes]:
+    """The body of a streamed response in pieces of at most ``size`` bytes, each as soon as it arrives.
+
+    ``read1`` returns what one receive brought (urllib3 2); without it, ``iter_content`` (which waits to
+    fill its chunk) is used. urllib3's errors are raised wrapped as requests wraps them.
+    """
+    read1 = getattr(r.raw, "read1", None)
+    if read1 is None:  # pragma: no cover - urllib3 1.26
+        yield from r.iter_content(size)
+        return
     while True:
         try:
-            chunk = read1(READ_CHUNK, decode_content=True)
+            chunk = read1(size, decode_content=True)
         except Exception as exc:
             # urllib3's own errors (a read timeout, a body cut short), wrapped as requests wraps them.
             if type(exc).__module__.split(".")[0] == "urllib3":

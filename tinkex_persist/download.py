@@ -21,7 +21,7 @@ from . import _ops, _paths
 from ._archive import safe_extract
 from ._paths import TinkerPath, parse_path
 from ._retry import Deadline, Retry, attach
-from ._transport import PERMANENT, UNREACHABLE, USER_AGENT, Transport, describe_failure, status_error
+from ._transport import PERMANENT, UNREACHABLE, USER_AGENT, Transport, describe_failure, read_pieces, status_error
 from .client import ServiceClient, runner_of
 from .config import is_loopback_host
 from .exceptions import (
@@ -201,25 +201,11 @@ class _Fetch:
 
 
 def _pieces(resp: requests.Response) -> Iterator[bytes]:
-    """The body as it arrives, one receive at a time (``read1``), so a cancel is seen between receives.
+    """The body as it arrives, one receive at a time, so a cancel is seen between receives.
 
     ``iter_content`` waits to fill each chunk, which on a slow link holds the whole transfer.
     """
-    read1 = getattr(resp.raw, "read1", None)
-    if read1 is None:  # pragma: no cover - urllib3 < 2
-        yield from resp.iter_content(CHUNK_SIZE)
-        return
-    while True:
-        try:
-            chunk = read1(CHUNK_SIZE, decode_content=True)
-        except Exception as exc:
-            # urllib3's own errors (a read timeout, a body cut short), wrapped as requests wraps them.
-            if type(exc).__module__.split(".")[0] == "urllib3":
-                raise requests.exceptions.ConnectionError(exc) from exc
-            raise
-        if not chunk:
-            return
-        yield chunk
+    return read_pieces(resp, CHUNK_SIZE)
 
 
 def _fetch_once(
