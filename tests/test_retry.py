@@ -474,7 +474,7 @@ class TestInterrupt:
 
     @pytest.mark.parametrize("form", ["with", "bare"])
     def test_first_ctrl_c_ends_the_process(self, tmp_path, form):
-        """One SIGINT during ``save_state(...).result()`` (the server holds each poll for 60 s) ends the process
+        """One SIGINT during ``save_state(...).result()`` (the server holds each poll for 12 s) ends the process
         within seconds, with SIGINT's exit status and without "saved"."""
         import signal
         import subprocess
@@ -485,7 +485,7 @@ class TestInterrupt:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
                 assert "ready\n" == child.stdout.readline()
-                server.faults.add("/api/v1/retrieve_future", delay=60, count=10)
+                server.faults.add("/api/v1/retrieve_future", delay=12, count=10)
                 child.stdin.write("go\n")
                 child.stdin.flush()
                 assert "waiting\n" == child.stdout.readline()
