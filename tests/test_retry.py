@@ -551,6 +551,7 @@ class TestInterrupt:
         assert took < 10
         assert part.stat().st_size > 0
 
+
 class TestPollSchedule:
     """The waits between polls of a future the server answers ``try_again`` at once (no long-poll)."""
 
