@@ -149,6 +149,23 @@ class TestGoldenBodies:
         assert sdk_bytes(sdk_step) == step
         assert sdk_bytes(sdk_create) == creates[-1]
 
+    def test_optimizer_on_create_from_state_travels_as_optimizer_config(self, proxied):
+        """create_training_client_from_state(path, optimizer=...) sends optimizer_config as SDK 0.38 does; _with_optimizer sends none."""
+        tinker = pytest.importorskip("tinker")
+        from tinker._compat import model_dump
+
+        proxy, service, tc = proxied
+        path = tc.save_state("c").result(timeout=30).path
+        tp.create_training_client_from_state(service, path, optimizer={"type": "adamw"}).result(timeout=30)
+        tp.create_training_client_from_state_with_optimizer(service, path).result(timeout=30)
+        plain, exact = [r.body for r in proxy.records if r.path == "/api/v1/load_weights"]
+        for body, seq, optimizer, config in ((plain, 1, False, tinker.types.AdamOptimizerConfig()), (exact, 2, True, None)):
+            sdk = tinker.types.LoadWeightsRequest(
+                session_id=service.session_id, model_seq_id=seq, path=path, optimizer=optimizer, optimizer_config=config
+            )
+            expected = json.dumps(model_dump(sdk, exclude_unset=False, exclude_none=True, mode="json"), separators=(",", ":"))
+            assert expected.encode() == body
+
 
 class TestTraining:
     """The embedded server trains: loss falls, results are deterministic, splits combine, pipelines complete."""
@@ -233,6 +250,13 @@ class TestSamplerCheckpoints:
         assert (BASE, 8) == (lambda i: (i.base_model, i.lora_rank))(tp.get_weights_info(service, saved.path).result(timeout=30))
         tp.delete_checkpoints(service, [saved.path]).result(timeout=30)
         assert [] == tp.list_checkpoints(service, tc.model_id).result(timeout=30)
+
+    def test_the_training_run_names_its_last_sampler_checkpoint(self, service, training_client):
+        """After a training save and a sampler save, the run's last_checkpoint and last_sampler_checkpoint name them."""
+        saved = training_client.save_state("t-1").result(timeout=30)
+        sampler = training_client.save_weights_for_sampler("s-1").result(timeout=30)
+        run = tp.get_training_run(service, training_client.model_id).result(timeout=30)
+        assert (saved.path, sampler.path) == (run.last_checkpoint.tinker_path, run.last_sampler_checkpoint.tinker_path)
 
     def test_a_sampler_path_is_refused_as_training_state_before_sending(self, proxied):
         """Loading or resuming from a sampler path raises UsageError at once; nothing is sent."""
