@@ -13,9 +13,16 @@ import sys
 import time
 
 import tinkex_persist as tp
-from tinkex_persist.demo import model_state, optim_step
+from tinkex_persist.demo import model_state
 
 API_KEY = "tml-crash-loop-key-0123456789"
+#: One fixed batch: next-token cross-entropy on two short sequences.
+SEQUENCES = ((151643, 9707, 11, 1879, 0, 576), (785, 3974, 374, 264, 1273, 315))
+BATCH = [
+    tp.Datum(model_input=tp.ModelInput.from_ints(list(seq[:-1])),
+             loss_fn_inputs={"target_tokens": list(seq[1:]), "weights": [1.0] * (len(seq) - 1)})
+    for seq in SEQUENCES
+]
 
 
 class _Side:
@@ -49,7 +56,9 @@ def main(url, log_dir, side_path, total, save_every, keep_last):
         tc, start = ckpt.resume_or_create("Qwen/Qwen3-8B", rank=1, seed=7)
         side.write("start %d %s" % (start, ckpt.source))
         for step in range(start, total):
-            loss = optim_step(tc)["loss"]
+            fb = tc.forward_backward(BATCH, "cross_entropy")
+            tc.optim_step(tp.AdamParams(learning_rate=1e-2)).result()
+            loss = fb.result().metrics["loss:sum"]
             side.write("ran %d %r" % (step, loss))
             ckpt.step(tc, step + 1, epoch=0, seen=step + 1)
         ckpt.finish(tc, total)
