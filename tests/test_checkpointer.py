@@ -372,14 +372,20 @@ class TestStep:
 
     def test_sampler_weights_are_saved_and_recorded(self, service, tmp_path):
         """With ``sampler=True`` each checkpoint also saves sampler weights, recorded as ``sampler_path``."""
-        if not hasattr(tp.TrainingClient, "save_weights_for_sampler"):
-            pytest.skip("sampler checkpoints (save_weights_for_sampler) are not in this version yet")
         log = tmp_path / "log"
         ckpt = tp.Checkpointer(service, log, save_every=1, sampler=True)
         tc, _ = ckpt.resume_or_create(BASE, rank=1)
         train(tc, 1)
         record = ckpt.step(tc, 1)
         assert "tinker://%s/sampler_weights/000001" % tc.model_id == record["sampler_path"]
+        assert {"training", "sampler"} == {c.checkpoint_type for c in tp.list_checkpoints(service, tc.model_id).result()}
+
+    def test_retention_deletes_sampler_weights_with_their_state(self, service, tmp_path):
+        """Pruning a periodic checkpoint deletes its sampler weights too; the final one keeps both."""
+        ckpt = tp.Checkpointer(service, tmp_path / "log", save_every=1, keep_last=1, sampler=True)
+        tc = run_loop(ckpt, 3)
+        left = sorted(c.checkpoint_id for c in tp.list_checkpoints(service, tc.model_id).result())
+        assert ["sampler_weights/000003", "sampler_weights/final", "weights/000003", "weights/final"] == left
 
 
 class TestRetention:

@@ -463,13 +463,11 @@ class Checkpointer:
         metadata = {META_BATCH: str(step)}
         if state and len(encoded) <= MAX_META_STATE:
             metadata[META_LOOP_STATE] = encoded
-        futures = {"state_path": tc.save_state(name, ttl_seconds=ttl, user_metadata=metadata)}
+        futures: Dict[str, "concurrent.futures.Future[Any]"] = {
+            "state_path": tc.save_state(name, ttl_seconds=ttl, user_metadata=metadata)
+        }
         if self.sampler:
-            # The sampler kind is saved through the training client's own save_weights_for_sampler.
-            save_sampler = getattr(tc, "save_weights_for_sampler", None)
-            if save_sampler is None:  # pragma: no cover - until sampler checkpoints land
-                raise UsageError("sampler=True needs TrainingClient.save_weights_for_sampler, which this version lacks")
-            futures["sampler_path"] = save_sampler(name, ttl_seconds=ttl)
+            futures["sampler_path"] = tc.save_weights_for_sampler(name, ttl_seconds=ttl)
         concurrent.futures.wait(list(futures.values()))
         paths: Dict[str, str] = {}
         for key, future in futures.items():
