@@ -7,16 +7,19 @@ import pytest
 
 import tinkex_persist as tp
 from tinkex_persist.checkpointer import read_records, resume_plan
-from tinkex_persist.demo import model_state, optim_step
+from tinkex_persist.demo import model_state
 
 BASE = "Qwen/Qwen3-8B"
 LOGGER = "tinkex_persist.checkpointer"
+BATCH = [tp.Datum(model_input=tp.ModelInput.from_ints([9707, 11, 1879, 0]),
+                  loss_fn_inputs={"target_tokens": [11, 1879, 0, 576], "weights": [1.0] * 4})]
 
 
 def train(tc, steps):
-    """Run ``steps`` AdamW steps on the local server."""
+    """Run ``steps`` training steps (forward_backward, then optim_step) on the local server."""
     for _ in range(steps):
-        optim_step(tc)
+        tc.forward_backward(BATCH, "cross_entropy")
+        tc.optim_step(tp.AdamParams(learning_rate=0.01)).result()
 
 
 def run_loop(ckpt, total, **state):
@@ -109,6 +112,7 @@ class TestResume:
         log = tmp_path / "log"
         ckpt = tp.Checkpointer(service, log, save_every=3)
         tc, _ = ckpt.resume_or_create(BASE, rank=1, seed=2)
+        initial = model_state(service, tc.model_id)
         for step in range(7):
             train(tc, 1)
             ckpt.step(tc, step + 1, epoch=1, cursor=[step, "x"])
@@ -121,6 +125,7 @@ class TestResume:
         assert (6, "record", {"epoch": 1, "cursor": [5, "x"]}) == (start, again.source, result.state)
         assert result.path.endswith("/weights/000006")
         now = model_state(service, resumed.model_id)
+        assert initial["weights_sha256"] != at_six["weights_sha256"]
         assert (at_six["weights_sha256"], at_six["optimizer_sha256"]) == (now["weights_sha256"], now["optimizer_sha256"])
         assert any("resuming from the record 000006" in r.getMessage() for r in caplog.records)
 
