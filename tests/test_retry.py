@@ -226,11 +226,12 @@ class TestRetryAfterOverHttp:
 
     def test_http_date_is_honoured_then_the_retry_succeeds(self, proxy):
         """429 with an HTTP-date Retry-After a moment ahead: the client waits for it, then succeeds."""
-        when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=1), usegmt=True)
+        # HTTP dates have whole seconds: two seconds ahead is still ahead once truncated.
+        when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=2), usegmt=True)
         proxy.add("status", HEALTH, status=429, headers=(("Retry-After", when),))
         resp = _transport(proxy.url).request("GET", HEALTH)
         assert (200, [HEALTH, HEALTH]) == (resp.status, proxy.paths())
-        assert 0 < resp.retries.history[0].retry_after <= 2
+        assert 0 < resp.retries.history[0].retry_after <= 3
 
     def test_http_date_past_the_deadline_fails_without_waiting(self, proxy):
         """A Retry-After date beyond the call's deadline ends the call at once with the 429."""
