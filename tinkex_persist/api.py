@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from .client import ServiceClient, TrainingClient, check_service, check_training_client
 from .training_types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse
-from .types import LoadStateResult, SaveStateResult, SaveWeightsForSamplerResult
+from .types import LoadStateResult, SaveStateResult, SaveWeightsExternalResult, SaveWeightsForSamplerResult
 
 __all__ = (
     "create_training_client_from_state",
@@ -23,6 +23,7 @@ __all__ = (
     "load_state_with_optimizer",
     "optim_step",
     "save_state",
+    "save_weights_external",
     "save_weights_for_sampler",
 )
 
@@ -243,3 +244,23 @@ def save_weights_for_sampler(
         RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
     """
     return check_training_client(tc).save_weights_for_sampler(name, ttl_seconds=ttl_seconds, user_metadata=user_metadata)
+
+
+def save_weights_external(
+    tc: TrainingClient, name: str, *, ttl_seconds: Optional[int] = None
+) -> "concurrent.futures.Future[SaveWeightsExternalResult]":
+    """Export the run's weights as adapter files with signed URLs: :meth:`TrainingClient.save_weights_external`.
+
+    Args:
+        tc: the training client whose weights to export (ordered with its other requests).
+        name: export name, 1-128 characters without ``/``, ``..`` or control characters.
+        ttl_seconds: lifetime in seconds, 3600 to 10 years; None keeps it until deleted.
+
+    Returns:
+        A Future of :class:`SaveWeightsExternalResult` (``path`` is ``tinker://<model_id>/external_weights/<name>``).
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    return check_training_client(tc).save_weights_external(name, ttl_seconds=ttl_seconds)

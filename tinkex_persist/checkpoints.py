@@ -8,17 +8,28 @@ Every public function taking a ``ServiceClient`` validates its arguments at once
 import concurrent.futures
 import datetime
 import logging
+import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Set
+from urllib.parse import quote
 
 from . import _ops, _paths, _wire
-from ._converter import dumps
+from ._converter import decode, dumps
 from ._paths import TinkerPath, parse_path
 from ._time import parse_time
 from ._retry import retries_of
 from ._transport import Transport
 from .client import Runner, ServiceClient, runner_of
 from .exceptions import CheckpointDeleteError, NotFoundError, TinkexPersistError, UsageError
-from .types import CheckpointInfo, DeleteOutcome, DeleteReport, RetentionReport, WeightsInfo
+from .types import (
+    CheckpointInfo,
+    CheckpointStorageUsage,
+    DeleteOutcome,
+    DeleteReport,
+    ExternalWeightsUrls,
+    RetentionReport,
+    StorageUsageItem,
+    WeightsInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +38,18 @@ __all__ = (
     "DeleteOutcome",
     "DeleteReport",
     "RetentionReport",
+    "copy_weights",
     "delete_checkpoints",
+    "get_checkpoint_storage_usage",
+    "get_external_weights_urls",
     "get_weights_info",
     "keep_last",
     "list_checkpoints",
+    "list_user_checkpoints",
+    "publish_checkpoint",
     "select_checkpoints",
     "set_checkpoint_ttl",
+    "unpublish_checkpoint",
 )
 
 #: Checkpoints requested per page of the user-wide listing (the official SDK's default).
@@ -423,3 +440,193 @@ def set_checkpoint_ttl(
     tp = parse_path(path, training=False)
     _paths.check_ttl(ttl_seconds)
     return runner.submit(_set_ttl, runner.transport, tp, ttl_seconds)
+
+
+# --------------------------------------------------------------------------- the rest of the SDK 0.38 REST surface
+
+#: Checkpoint types a user-wide listing can be narrowed to (the ``checkpoint_type`` values).
+CHECKPOINT_TYPES = ("training", "sampler", "external")
+
+
+def _external_urls(transport: Transport, tp: TinkerPath) -> ExternalWeightsUrls:
+    resp = _ops.call(transport, "GET", tp.api_path + "/external_weights_urls", None, _wire.ExternalWeightsUrlsResponse)
+    return ExternalWeightsUrls(urls=dict(resp.urls), expires=parse_time(resp.expires))
+
+
+def _publish(transport: Transport, tp: TinkerPath, public: bool) -> None:
+    transport.request("POST" if public else "DELETE", _ops.API + tp.api_path + "/publish")
+
+
+def _list_user(
+    transport: Transport, type: Optional[str], limit: Optional[int], page_size: int
+) -> List[CheckpointInfo]:
+    if type is None:
+        return _list(transport, None, limit, page_size)
+    chosen = [c for c in _list(transport, None, None, page_size) if c.checkpoint_type == type]
+    return chosen if limit is None else chosen[:limit]
+
+
+def _usage(transport: Transport, project_id: Optional[str]) -> CheckpointStorageUsage:
+    query = "" if project_id is None else "?project_id=" + quote(project_id, safe="")
+    resp = _ops.call(transport, "GET", "/billing/usage/checkpoints/current" + query, None,
+                     _wire.CheckpointStorageUsageResponse)
+    items = tuple(
+        StorageUsageItem(
+            project_id=i.project_id,
+            org_user_urn=i.org_user_urn,
+            user_email=i.user_email,
+            user_name=i.user_name,
+            checkpoint_count=i.checkpoint_count,
+            size_bytes=i.size_bytes,
+            size_gigabytes=i.size_gigabytes,
+            estimated_monthly_cost_usd=i.estimated_monthly_cost_usd,
+        )
+        for i in resp.data
+    )
+    return CheckpointStorageUsage(effective_rate_usd_per_gigabyte_month=resp.effective_rate_usd_per_gigabyte_month, data=items)
+
+
+def _copy(transport: Transport, request: _wire.CopyWeightsRequest, token: Optional[str]) -> str:
+    # One idempotency key (a bare UUID, as the SDK sends) for every retry: a retried copy is never made twice.
+    headers = {"X-Idempotency-Key": str(uuid.uuid4())}
+    if token is not None:
+        headers["X-Tinker-Weights-Access-Token"] = token
+    resp = transport.request("POST", _ops.API + "/copy_weights", dumps(request), extra_headers=headers, expect_json=True)
+    return decode(resp.json(), _wire.CopyWeightsResponse).tinker_path
+
+
+def get_external_weights_urls(service: ServiceClient, path: str) -> "concurrent.futures.Future[ExternalWeightsUrls]":
+    """Signed download URLs, one per file, of an ``external_weights`` checkpoint (``.../external_weights_urls``).
+
+    Fetch each URL with a plain GET and no API key; ask again before ``expires`` for fresh ones.
+
+    Args:
+        service: the service client to use.
+        path: ``tinker://<run_id>/external_weights/<name>``, e.g. from ``save_weights_external``.
+
+    Returns:
+        A Future of :class:`~tinkex_persist.types.ExternalWeightsUrls`.
+
+    Raises:
+        UsageError, TypeError: bad arguments, or a path of another kind (immediately; nothing is sent).
+        NotFoundError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    tp = parse_path(path, training=False)
+    if tp.kind != "external_weights":
+        raise UsageError(
+            "%s is a %s checkpoint; signed URLs exist only for tinker://<run_id>/external_weights/<name> "
+            "(export one with save_weights_external)" % (path, _paths.KINDS[tp.kind])
+        )
+    return runner.submit(_external_urls, runner.transport, tp)
+
+
+def publish_checkpoint(service: ServiceClient, path: str) -> "concurrent.futures.Future[None]":
+    """Make a checkpoint public (``POST .../publish``); a checkpoint that already is fails with ConflictError (409).
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        ConflictError, NotFoundError, APIStatusError, APIConnectionError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    tp = parse_path(path, training=False)
+    return runner.submit(_publish, runner.transport, tp, True)
+
+
+def unpublish_checkpoint(service: ServiceClient, path: str) -> "concurrent.futures.Future[None]":
+    """Make a public checkpoint private again (``DELETE .../publish``); one already private fails with ConflictError.
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        ConflictError, NotFoundError, APIStatusError, APIConnectionError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    tp = parse_path(path, training=False)
+    return runner.submit(_publish, runner.transport, tp, False)
+
+
+def list_user_checkpoints(
+    service: ServiceClient,
+    *,
+    type: Optional[str] = None,
+    limit: Optional[int] = None,
+    page_size: int = LIST_PAGE_SIZE,
+) -> "concurrent.futures.Future[List[CheckpointInfo]]":
+    """List all of the user's checkpoints across runs, every page (``GET /api/v1/checkpoints?limit=&offset=``).
+
+    Args:
+        service: the service client to use.
+        type: ``training``, ``sampler`` or ``external`` keeps only that type; None keeps all.
+        limit: return at most this many (of the chosen type); None returns all.
+        page_size: checkpoints asked for per request.
+
+    Returns:
+        A Future of a list of :class:`CheckpointInfo`, in the server's order (newest first).
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    if type is not None and type not in CHECKPOINT_TYPES:
+        raise UsageError("type must be one of %s or None, got %r" % (", ".join(CHECKPOINT_TYPES), type))
+    if limit is not None:
+        _paths.check_int(limit, "limit")
+    _paths.check_int(page_size, "page_size")
+    return runner.submit(_list_user, runner.transport, type, limit, page_size)
+
+
+def get_checkpoint_storage_usage(
+    service: ServiceClient, *, project_id: Optional[str] = None
+) -> "concurrent.futures.Future[CheckpointStorageUsage]":
+    """Current checkpoint storage: count, bytes and estimated cost per group (``billing/usage/checkpoints/current``).
+
+    Args:
+        service: the service client to use.
+        project_id: only this project's storage; None: all of the organisation's that the key sees.
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    if project_id is not None and (not isinstance(project_id, str) or not project_id):
+        raise UsageError("project_id must be a non-empty str or None, got %r" % (project_id,))
+    return runner.submit(_usage, runner.transport, project_id)
+
+
+def copy_weights(
+    service: ServiceClient,
+    path: str,
+    destination_project_id: Optional[str],
+    *,
+    ttl_seconds: Optional[int] = None,
+    weights_access_token: Optional[str] = None,
+) -> "concurrent.futures.Future[str]":
+    """Copy a checkpoint into a project, as a new training run (``POST /api/v1/copy_weights``).
+
+    Args:
+        service: the service client to use.
+        path: ``tinker://`` path of the checkpoint to copy (any kind).
+        destination_project_id: project that will own the copy; None: the client's ``project_id``.
+        ttl_seconds: lifetime of the copy, 3600 s to 10 years; None: it never expires (the source's expiry
+            is not inherited).
+        weights_access_token: token for weights of another account (sent in a header, never logged).
+
+    Returns:
+        A Future of the copy's ``tinker://`` path.
+
+    Raises:
+        UsageError, TypeError: bad arguments, or no project at all (immediately; nothing is sent).
+        NotFoundError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+    """
+    runner = runner_of(service)
+    parse_path(path, training=False)
+    project = destination_project_id if destination_project_id is not None else runner.config.project_id
+    if not isinstance(project, str) or not project:
+        raise UsageError("copy_weights needs destination_project_id (or a ServiceClient project_id), got %r" % (project,))
+    _paths.check_ttl(ttl_seconds)
+    if weights_access_token is not None and (not isinstance(weights_access_token, str) or not weights_access_token):
+        raise UsageError("weights_access_token must be a non-empty str or None")
+    request = _wire.CopyWeightsRequest(destination_project_id=project, source_path=path, ttl_seconds=ttl_seconds)
+    return runner.submit(_copy, runner.transport, request, weights_access_token)

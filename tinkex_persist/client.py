@@ -35,7 +35,7 @@ from .exceptions import (
     UsageError,
 )
 from .training_types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse
-from .types import LoadStateResult, SaveStateResult, SaveWeightsForSamplerResult
+from .types import LoadStateResult, SaveStateResult, SaveWeightsExternalResult, SaveWeightsForSamplerResult
 
 logger = logging.getLogger(__name__)
 
@@ -713,6 +713,51 @@ class TrainingClient:
         def work() -> SaveWeightsForSamplerResult:
             result = self._finish(pending, _wire.SaveWeightsForSamplerResponse, "SaveWeightsForSampler")
             return SaveWeightsForSamplerResult(path=result.path or expected, model_id=self.model_id, seq_id=pending.seq_id)
+
+        return self.service._submit(work)
+
+
+    def save_weights_external(
+        self, name: str, *, ttl_seconds: Optional[int] = None
+    ) -> "concurrent.futures.Future[SaveWeightsExternalResult]":
+        """Export the run's current weights as adapter files with signed download URLs (``save_weights_external``).
+
+        Ordered with the model's other requests, like :meth:`save_state`.
+
+        Args:
+            name: export name, 1-128 characters without ``/``, ``..`` or control characters.
+            ttl_seconds: lifetime in seconds, 3600 to 10 years; None keeps it until deleted.
+
+        Returns:
+            A Future of :class:`SaveWeightsExternalResult`; its ``path`` is
+            ``tinker://<model_id>/external_weights/<name>``, for ``get_external_weights_urls``.
+
+        Raises:
+            UsageError, TypeError: bad arguments (immediately; nothing is sent).
+            RequestFailedError, APIStatusError, APIConnectionError, DecodeError: failures (set on the Future).
+        """
+        _paths.check_name(name, "export name")
+        _paths.check_ttl(ttl_seconds)
+
+        def make(seq_id: int) -> _wire.SaveWeightsExternalRequest:
+            return _wire.SaveWeightsExternalRequest(model_id=self.model_id, path=name, seq_id=seq_id, ttl_seconds=ttl_seconds)
+
+        pending = self._queue.enqueue("/save_weights_external", make)
+
+        expected = "tinker://%s/external_weights/%s" % (self.model_id, name)
+
+        def work() -> SaveWeightsExternalResult:
+            try:
+                result = self._finish(pending, _wire.SaveWeightsExternalResponse, "SaveWeightsExternal")
+            except (RequestFailedError, APIStatusError) as exc:
+                if not (_is_exists_error(exc) and pending.maybe_applied):
+                    raise
+                # An earlier attempt of this very call was committed before its answer was lost.
+                logger.debug("export %s retried; treating 'already exists' as committed", expected)
+                return SaveWeightsExternalResult(path=expected, model_id=self.model_id, seq_id=pending.seq_id)
+            return SaveWeightsExternalResult(
+                path=result.path or expected, size_bytes=result.size_bytes, model_id=self.model_id, seq_id=pending.seq_id
+            )
 
         return self.service._submit(work)
 

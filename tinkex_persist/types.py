@@ -142,6 +142,75 @@ class TrainingRun:
 
 
 @attrs.frozen(kw_only=True)
+class SaveWeightsExternalResult:
+    """A committed export of a run's weights as adapter files (``save_weights_external``)."""
+
+    path: str
+    """``tinker://<model_id>/external_weights/<name>``: pass it to ``get_external_weights_urls``."""
+    size_bytes: Optional[int] = None
+    """Total size of the exported files, if the server says."""
+    model_id: str
+    seq_id: int
+    """Position of the export in the run's request order."""
+
+
+@attrs.frozen(kw_only=True)
+class ExternalWeightsUrls:
+    """Signed download URLs of an ``external_weights`` checkpoint, one per file. The URLs are bearer secrets."""
+
+    urls: Dict[str, str] = attrs.field(repr=False)
+    """File path relative to the checkpoint -> signed URL (fetch it with a plain GET, no API key)."""
+    expires: Optional[datetime.datetime] = None
+    """When the URLs stop working (aware UTC)."""
+
+    @property
+    def files(self) -> List[str]:
+        """The file paths, sorted."""
+        return sorted(self.urls)
+
+
+@attrs.frozen(kw_only=True)
+class StorageUsageItem:
+    """Stored checkpoints of one (project, owner) group."""
+
+    project_id: Optional[str] = None
+    org_user_urn: Optional[str] = None
+    user_email: Optional[str] = None
+    user_name: Optional[str] = None
+    checkpoint_count: int
+    size_bytes: int
+    size_gigabytes: float
+    estimated_monthly_cost_usd: Optional[float] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointStorageUsage:
+    """Current checkpoint storage (``billing/usage/checkpoints/current``); the service's figures may lag 1-2 hours."""
+
+    effective_rate_usd_per_gigabyte_month: Optional[float] = None
+    data: Tuple[StorageUsageItem, ...] = ()
+
+    @property
+    def checkpoint_count(self) -> int:
+        return sum(i.checkpoint_count for i in self.data)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(i.size_bytes for i in self.data)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "effective_rate_usd_per_gigabyte_month": self.effective_rate_usd_per_gigabyte_month,
+            "checkpoint_count": self.checkpoint_count,
+            "size_bytes": self.size_bytes,
+            "data": [i.to_json() for i in self.data],
+        }
+
+
+@attrs.frozen(kw_only=True)
 class DeleteOutcome:
     """What happened to one path of a delete batch.
 

@@ -28,11 +28,14 @@ _RUN = r"/api/v1/training_runs/(?P<run>[^/]+)/checkpoints"
 _CKPT = _RUN + r"/(?P<kind>[^/]+)/(?P<name>[^/]+)"
 _SIGNED = r"/local/v1/archives/(?P<token>[^/]+)"
 _SIGNED_TOKEN = re.compile(r"/local/v1/archives/[^/ ?]+")
+_FILE = r"/signed/(?P<run>[^/]+)/(?P<kind>[^/]+)/(?P<name>[^/]+)/(?P<file>[^/]+)"
+_FILE_TOKEN = re.compile(r"token=[0-9a-f]+")
 _NO_CONTENT: Tuple[int, None, Dict[str, str]] = (204, None, {})
 _REASONS = BaseHTTPRequestHandler.responses
 #: Routes that run a model operation and honour ``X-Idempotency-Key``; their handler is the Service method.
 SUBMITS = (
     "create_model", "save_weights", "load_weights", "optim_step", "forward_backward", "forward", "save_weights_for_sampler",
+    "save_weights_external", "copy_weights",
 )
 #: Request classes whose bodies are protobuf, with their strict decoders.
 BINARY_BODIES: Dict[type, Callable[[bytes], Any]] = {
@@ -63,7 +66,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         # A signed download path is a bearer credential: log it without its token.
-        args = tuple(_SIGNED_TOKEN.sub("/local/v1/archives/<signed>", a) if isinstance(a, str) else a for a in args)
+        args = tuple(
+            _FILE_TOKEN.sub("token=<signed>", _SIGNED_TOKEN.sub("/local/v1/archives/<signed>", a)) if isinstance(a, str) else a
+            for a in args
+        )
         logger.debug("%s - " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:
@@ -84,6 +90,11 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ plumbing
 
     def _send(self, status: int, obj: Any = None, headers: Optional[Dict[str, str]] = None) -> None:
+        stream: Optional[FileBody] = None
+        if isinstance(obj, FileBody):  # a file range: the head in one write, then the bytes from disk
+            stream, obj = obj, None
+            headers = dict(headers or {}, **{"Content-Type": "application/octet-stream",
+                                            "Content-Length": str(stream.length)})
         if isinstance(obj, (bytes, bytearray)):
             body, ctype = bytes(obj), "application/octet-stream"
         elif obj is None:
@@ -103,8 +114,10 @@ class Handler(BaseHTTPRequestHandler):
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         # Count and log before writing, so a client that has its answer also sees them recorded.
         self.server.local.stats.record(self._path, status)  # type: ignore[attr-defined]
-        self.log_request(status, len(body))
+        self.log_request(status, len(body) if stream is None else stream.length)
         self.wfile.write(head + (b"" if self.command == "HEAD" else body))  # one write: see module docstring
+        if stream is not None and self.command != "HEAD":
+            stream.send(self.connection)
 
     def _fail(self, status: int, detail: str, close: bool = False, **extra: Any) -> None:
         if close:
@@ -124,7 +137,7 @@ class Handler(BaseHTTPRequestHandler):
                 if m == method:
                     route, groups = (cls, fn), {k: unquote(v) for k, v in match.groupdict().items()}
                     break
-        if route is None or route[1] is not _download:  # the signed download carries its own signature
+        if route is None or route[1] not in _SIGNED_ROUTES:  # a signed download carries its own signature
             key = self.headers.get("X-API-Key") or ""
             if local.api_key is not None and not hmac.compare_digest(key.encode(), local.api_key.encode()):
                 return self._fail(401, "missing or wrong X-API-Key", close=True)
@@ -323,6 +336,44 @@ def _download(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -
     return 206, blob[rng[0] : rng[1] + 1], headers
 
 
+class FileBody:
+    """``length`` bytes of the file at ``path`` from ``start``: an answer streamed from disk, never held in memory."""
+
+    __slots__ = ("path", "start", "length")
+
+    def __init__(self, path: str, start: int, length: int) -> None:
+        self.path, self.start, self.length = path, start, length
+
+    def send(self, conn: socket.socket) -> None:
+        with open(self.path, "rb") as f:
+            conn.sendfile(f, self.start, self.length)  # zero-copy on a plain socket; TLS falls back to send()
+
+
+def _external_urls(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
+    return s.external_urls(_ckpt(g), h.server.local.url)  # type: ignore[attr-defined]
+
+
+def _signed_file(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
+    params = parse_qs(query)
+    entry, local = s.signed_file(
+        _ckpt(g), g["file"], params.get("expires", [""])[0], params.get("token", [""])[0]
+    )
+    size = entry["files"][g["file"]]["size"]
+    headers = {"Accept-Ranges": "bytes", "ETag": '"%s"' % entry["files"][g["file"]]["sha256"]}
+    rng = _parse_range(h.headers.get("Range"), size)
+    if rng is None:
+        return 200, FileBody(local, 0, size), headers
+    if rng == "unsatisfiable":
+        headers["Content-Range"] = "bytes */%d" % size
+        return 416, {"detail": "range not satisfiable for %d bytes" % size}, headers
+    headers["Content-Range"] = "bytes %d-%d/%d" % (rng[0], rng[1], size)
+    return 206, FileBody(local, rng[0], rng[1] - rng[0] + 1), headers
+
+
+def _storage_usage(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
+    return s.storage_usage(_query(query, ("project_id",)).get("project_id"))
+
+
 def _checkpoint_info(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
     entry = s.store.get(parse_qs(query).get("tinker_path", [""])[0])
     if entry is None:
@@ -374,9 +425,18 @@ ROUTES: List[Tuple[str, Pattern[str], Optional[type], Any]] = [
         ("POST", _CKPT + "/publish", None, lambda h, s, r, g, q: s.set_public(_ckpt(g), True) or _NO_CONTENT),
         ("DELETE", _CKPT + "/publish", None, lambda h, s, r, g, q: s.set_public(_ckpt(g), False) or _NO_CONTENT),
         ("GET", _CKPT + "/archive", None, _archive_url),
+        ("GET", _CKPT + "/external_weights_urls", None, _external_urls),
+        ("GET", _FILE, None, _signed_file),
+        ("HEAD", _FILE, None, _signed_file),
+        ("GET", "/api/v1/billing/usage/checkpoints/current", None, _storage_usage),
+        ("POST", "/api/v1/copy_weights", _wire.CopyWeightsRequest, "copy_weights"),
+        ("POST", "/api/v1/save_weights_external", _wire.SaveWeightsExternalRequest, "save_weights_external"),
         ("GET", _SIGNED, None, _download),
         ("HEAD", _SIGNED, None, _download),
         ("GET", r"/local/v1/models/(?P<model_id>[^/]+)", None, lambda h, s, r, g, q: s.model_info(g["model_id"])),
         ("GET", "/local/v1/checkpoint", None, _checkpoint_info),
     ]
 ]
+
+#: Handlers of signed URLs: they check their own signature instead of the API key.
+_SIGNED_ROUTES = (_download, _signed_file)

@@ -84,6 +84,11 @@ class ServerOptions:
     future_ttl: float = attrs.field(default=DEFAULT_FUTURE_TTL, validator=_positive)
     #: Lifetime of a signed download URL, in seconds.
     archive_url_ttl: float = attrs.field(default=DEFAULT_ARCHIVE_URL_TTL, validator=_positive)
+    #: Size in bytes of the adapter weights file each ``save_weights_external`` writes (padded up to it, for
+    #: download benchmarks); None: just the weights.
+    export_size: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))
+    #: Lifetime of the signed URLs of ``external_weights_urls``, in seconds.
+    external_url_ttl: float = attrs.field(default=DEFAULT_ARCHIVE_URL_TTL, validator=_positive)
     #: Largest accepted request body, in bytes; larger ones get 413.
     max_body: int = attrs.field(default=DEFAULT_MAX_BODY, validator=_positive)
     #: Idle seconds before a silent connection is closed.

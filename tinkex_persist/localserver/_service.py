@@ -17,11 +17,13 @@ import threading
 import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from urllib.parse import quote
 
 from .. import _converter, _paths, _proto, _wire
 from ..exceptions import UsageError
 from ..training_types import ForwardBackwardOutput, TensorData
 from . import _lm
+from ._export import adapter_files
 from ._model import ModelState
 from ._options import ServerOptions
 from ._store import CheckpointStore, StoreError, checkpoint_wire, iso
@@ -372,6 +374,7 @@ class Service:
             return answer
 
     def _checkpoint(self, path: str, *, training: bool = True) -> Dict[str, Any]:
+    def _checkpoint(self, path: str, training: bool = True) -> Dict[str, Any]:
         try:
             parsed = _paths.parse_path(path, training=training)
         except UsageError as exc:
@@ -553,6 +556,7 @@ class Service:
     def weights_info(self, req: _wire.WeightsInfoRequest) -> Dict[str, Any]:
         try:
             entry = self._checkpoint(req.tinker_path, training=False)
+            entry = self._checkpoint(req.tinker_path, training=False)  # any kind: the SDK asks for sampler paths too
         except UserError as exc:
             raise HTTPError(404, str(exc)) from None
         info = _wire.WeightsInfoResponse(
@@ -638,6 +642,8 @@ class Service:
             raise HTTPError(
                 404, "checkpoint %s/%s not found: the local server stores training and sampler weights only" % (kind, name)
             )
+        if kind not in _paths.KINDS:
+            raise HTTPError(404, "checkpoint %s/%s not found: unknown kind %r" % (kind, name, kind))
         return str(_paths.TinkerPath(run_id, kind, name))
 
     def delete(self, path: str) -> None:
@@ -653,8 +659,119 @@ class Service:
             raise HTTPError(404, "checkpoint %s not found" % path)
 
     def set_public(self, path: str, public: bool) -> None:
-        if not self.store.update(path, public=public):
+        """Publish or unpublish; 409 when the checkpoint already is in that state, as the service answers."""
+        entry = self.store.get(path)
+        if entry is None:
             raise HTTPError(404, "checkpoint %s not found" % path)
+        if entry["public"] == public:
+            raise HTTPError(409, "checkpoint %s is already %s" % (path, "public" if public else "private"))
+        if not self.store.update(path, public=public):  # pragma: no cover - deleted in between
+            raise HTTPError(404, "checkpoint %s not found" % path)
+
+    def storage_usage(self, project_id: Optional[str]) -> Dict[str, Any]:
+        """Answer ``GET /api/v1/billing/usage/checkpoints/current``: every live checkpoint, in one group."""
+        entries = self.store.list()
+        size = sum(e["size_bytes"] or 0 for e in entries)
+        item = _wire.CheckpointStorageUsageItem(
+            project_id=project_id,
+            user_name="local-user",
+            checkpoint_count=len(entries),
+            size_bytes=size,
+            size_gigabytes=size / 1e9,
+        )
+        return _answer_json(_wire.CheckpointStorageUsageResponse(data=[item]))
+
+    def copy_weights(self, req: _wire.CopyWeightsRequest, key: str) -> Dict[str, Any]:
+        """Copy a checkpoint into a new training run (of the given session slot, or a new one); answer its path."""
+        by_session = req.session_id is not None and req.model_seq_id is not None
+        if not by_session and (req.session_id is not None or req.model_seq_id is not None):
+            raise HTTPError(400, "copy_weights takes session_id and model_seq_id together")
+        if not by_session and not req.destination_project_id:
+            raise HTTPError(400, "copy_weights needs destination_project_id, or session_id and model_seq_id")
+        try:
+            tp = _paths.parse_path(req.source_path, training=False)
+            _paths.check_ttl(req.ttl_seconds)
+        except UsageError as exc:
+            raise HTTPError(400, exc.message) from None
+        entry = self.store.get(str(tp))
+        if entry is None:
+            raise HTTPError(404, "checkpoint %s not found" % (tp,))
+        if by_session:
+            with self._cond:
+                self._session(req.session_id)  # type: ignore[arg-type]
+            run_id = "%s:train:%s" % (req.session_id, req.model_seq_id)
+        else:
+            run_id = "%s:train:0" % uuid.uuid4()
+        try:
+            copied = self.store.copy(entry, run_id, req.ttl_seconds)
+        except StoreError as exc:
+            raise HTTPError(409, str(exc)) from None
+        return _answer_json(_wire.CopyWeightsResponse(tinker_path=copied["tinker_path"]))
+
+    def save_weights_external(self, req: _wire.SaveWeightsExternalRequest, key: str) -> Dict[str, Any]:
+        """Export the model's weights as adapter files into ``tinker://<model>/external_weights/<path>``."""
+
+        def op(model: _Model) -> Dict[str, Any]:
+            if req.age_encryption_recipients:
+                raise UserError("age encryption of exports is not supported by the local server")
+            flags = dict(model.lora)
+            info = dict(flags, base_model=model.state.base_model, lora_rank=model.state.rank, step=model.state.step)
+            files = adapter_files(
+                model.state.weights_bytes(), model.state.base_model, model.state.rank, flags, self.options.export_size
+            )
+            try:
+                entry = self.store.save_files(model.id, "external_weights", req.path, files, info, req.ttl_seconds)
+            except StoreError as exc:
+                raise UserError(str(exc)) from None
+            answer = _wire.SaveWeightsExternalResponse(
+                path=entry["tinker_path"], size_bytes=entry["size_bytes"], type="save_weights_external"
+            )
+            return _answer_json(answer)
+
+        return self._submit(req.model_id, req.seq_id, key, op)
+
+    # ------------------------------------------------------------------ signed file URLs (external weights)
+
+    def _file_token(self, path: str, directory: str, fname: str, expires: int) -> str:
+        message = canonical([path, directory, fname, expires]).encode("utf-8")
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def external_urls(self, path: str, base_url: str) -> Dict[str, Any]:
+        """Answer ``external_weights_urls``: one signed URL per file, valid for ``external_url_ttl`` seconds."""
+        entry = self.store.get(path)
+        if entry is None:
+            raise HTTPError(404, "checkpoint %s not found" % path)
+        if entry.get("kind", "weights") != "external_weights":
+            raise HTTPError(400, "checkpoint %s is not an external_weights checkpoint" % path)
+        expires = int(self.clock() + self.options.external_url_ttl)
+        tp = _paths.parse_path(path, training=False)
+        urls = {}
+        for fname in sorted(entry["files"]):
+            token = self._file_token(path, entry["dir"], fname, expires)
+            urls[fname] = "%s/signed/%s/%s/%s/%s?expires=%d&token=%s" % (
+                base_url, quote(tp.run_id, safe=""), tp.kind, quote(tp.name, safe=""), quote(fname, safe=""),
+                expires, token,
+            )
+        return _answer_json(_wire.ExternalWeightsUrlsResponse(urls=urls, expires=iso(expires)))
+
+    def signed_file(self, path: str, fname: str, expires: str, token: str) -> Tuple[Dict[str, Any], str]:
+        """Check a signed file URL; return the checkpoint entry and the file's on-disk path, or raise 403/404."""
+        entry = self.store.get(path)
+        try:
+            when = int(expires)
+        except ValueError:
+            raise HTTPError(403, "invalid download signature") from None
+        directory = entry["dir"] if entry is not None else ""
+        good = self._file_token(path, directory, fname, when)
+        if entry is None or not hmac.compare_digest(token.encode("utf-8"), good.encode("utf-8")):
+            # A deleted checkpoint (or a replaced one) no longer matches any signature it handed out.
+            raise HTTPError(403, "invalid or stale download signature")
+        if self.clock() > when:
+            raise HTTPError(403, "download URL expired")
+        local = self.store.file_path(entry, fname)
+        if local is None:  # pragma: no cover - a signature names a listed file
+            raise HTTPError(404, "no file %s in %s" % (fname, path))
+        return entry, local
 
     # ------------------------------------------------------------------ signed archive URLs
 

@@ -22,7 +22,7 @@ import tarfile
 import threading
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple, overload
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union, overload
 
 from .. import _paths, _wire
 from ..exceptions import RootInUseError, UsageError
@@ -150,6 +150,34 @@ def _write_file(path: str, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+#: A file's content for :meth:`CheckpointStore.save_files`: its bytes, or ``writer(binary_file)``.
+FileSource = Union[bytes, Callable[[BinaryIO], None]]
+
+
+class _Digesting:
+    """A write-only file wrapper that counts and hashes what passes through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.size, self.sha = f, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+
+def _write_source(path: str, source: FileSource) -> Dict[str, Any]:
+    with open(path, "wb") as f:
+        out = _Digesting(f)  # type: ignore[arg-type]
+        if isinstance(source, bytes):
+            out.write(source)
+        else:
+            source(out)  # type: ignore[arg-type]
+        f.flush()
+        os.fsync(f.fileno())
+    return {"size": out.size, "sha256": out.sha.hexdigest()}
 
 
 class CheckpointStore:
@@ -389,6 +417,102 @@ class CheckpointStore:
                 shutil.rmtree(os.path.join(self._data, old["dir"]), ignore_errors=True)
             return dict(entry)
 
+    def save_files(
+        self,
+        run_id: str,
+        kind: str,
+        name: str,
+        files: Dict[str, FileSource],
+        info: Dict[str, Any],
+        ttl_seconds: Optional[int],
+        user_metadata: Optional[Dict[str, str]] = None,
+    ) -> Dict[str, Any]:
+        """Write a checkpoint of ``kind`` holding ``files`` (bytes, or a writer called with the open file).
+
+        Atomic like :meth:`save`. The entry's ``files`` maps each name to its size and sha256; a name that
+        already exists is refused. Return the entry.
+        """
+        try:
+            _paths.check_name(name)
+            _paths.check_ttl(ttl_seconds)
+        except UsageError as exc:
+            raise StoreError(exc.message) from None
+        path = str(_paths.TinkerPath(run_id, kind, name))
+        with self._lock:
+            if self._live(self._index.get(path)):
+                raise StoreError("checkpoint %s already exists" % path)
+            key = uuid.uuid4().hex
+            tmp = os.path.join(self._tmp, key)
+            os.mkdir(tmp)
+            listed: Dict[str, Dict[str, Any]] = {}
+            for fname, source in sorted(files.items()):
+                listed[fname] = _write_source(os.path.join(tmp, fname), source)
+            now = self.clock()
+            manifest = dict(info, format=1, tinker_path=path, created=iso(now), files=listed)
+            _write_file(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+            _fsync_dir(tmp)
+            os.rename(tmp, os.path.join(self._data, key))
+            _fsync_dir(self._data)
+            entry = dict(
+                info,
+                run_id=run_id,
+                kind=kind,
+                name=name,
+                tinker_path=path,
+                dir=key,
+                time=now,
+                expires_at=None if ttl_seconds is None else now + ttl_seconds,
+                size_bytes=sum(f["size"] for f in listed.values()),
+                user_metadata=user_metadata,
+                public=False,
+                files=listed,
+            )
+            self._append({"op": "put", "path": path, "entry": entry})
+            self._index[path] = entry
+            self._maybe_compact()
+            return dict(entry)
+
+    def copy(self, entry: Dict[str, Any], run_id: str, ttl_seconds: Optional[int]) -> Dict[str, Any]:
+        """Copy a checkpoint into training run ``run_id`` (same kind and name, files hard-linked when possible)."""
+        kind = entry.get("kind", "weights")
+        path = str(_paths.TinkerPath(run_id, kind, entry["name"]))
+        with self._lock:
+            if self._live(self._index.get(path)):
+                raise StoreError("checkpoint %s already exists" % path)
+            key = uuid.uuid4().hex
+            tmp = os.path.join(self._tmp, key)
+            src = os.path.join(self._data, entry["dir"])
+            os.mkdir(tmp)
+            for fname in os.listdir(src):
+                try:
+                    os.link(os.path.join(src, fname), os.path.join(tmp, fname))
+                except OSError:  # pragma: no cover - file systems without hard links
+                    shutil.copyfile(os.path.join(src, fname), os.path.join(tmp, fname))
+            _fsync_dir(tmp)
+            os.rename(tmp, os.path.join(self._data, key))
+            _fsync_dir(self._data)
+            now = self.clock()
+            copied = dict(
+                entry,
+                run_id=run_id,
+                tinker_path=path,
+                dir=key,
+                time=now,
+                expires_at=None if ttl_seconds is None else now + ttl_seconds,
+                public=False,
+                copied_from=entry["tinker_path"],
+            )
+            self._append({"op": "put", "path": path, "entry": copied})
+            self._index[path] = copied
+            self._maybe_compact()
+            return dict(copied)
+
+    def file_path(self, entry: Dict[str, Any], fname: str) -> Optional[str]:
+        """The on-disk path of one listed file of a checkpoint, or None if it lists no such file."""
+        if fname not in (entry.get("files") or {}):
+            return None
+        return os.path.join(self._data, entry["dir"], fname)
+
     def read(self, entry: Dict[str, Any]) -> Tuple[bytes, bytes]:
         """Return the weights and optimizer bytes of a checkpoint, checked against its manifest."""
         d = os.path.join(self._data, entry["dir"])
@@ -431,7 +555,7 @@ class CheckpointStore:
             buf = io.BytesIO()
             d = os.path.join(self._data, entry["dir"])
             with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for fname in sorted(FILES + (MANIFEST,)):
+                for fname in sorted(tuple(entry.get("files") or FILES) + (MANIFEST,)):
                     with open(os.path.join(d, fname), "rb") as f:
                         data = f.read()
                     ti = tarfile.TarInfo(fname)
