@@ -451,7 +451,7 @@ class TestOfficialSdkAndCli:
         tinker = pytest.importorskip("tinker")
         for k, v in (("TINKER_BASE_URL", server.url), ("TINKER_API_KEY", KEY), ("TINKER_TELEMETRY", "0")):
             monkeypatch.setenv(k, v)
-        rest = tinker.RestClient()
+        rest = tinker.RestClient(base_url=server.url, api_key=KEY)  # RestClient() caches one holder per process
         export = tc.save_weights_external("exp").result()
         listed = rest.list_user_checkpoints().result()
         assert {tc.saved, export.path} == {c.tinker_path for c in listed.checkpoints}

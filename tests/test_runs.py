@@ -209,7 +209,7 @@ class TestOfficialSdk:
         with tp.ServiceClient(base_url=sdk_server.url, api_key=os.environ["TINKER_API_KEY"]) as service:
             tc = service.create_lora_training_client("Qwen/Qwen3-8B", rank=4, user_metadata={"k": "v"}).result()
             path = tp.save_state(tc, "s1").result().path
-        rest = tinker.RestClient()
+        rest = tinker.RestClient(base_url=sdk_server.url, api_key=os.environ["TINKER_API_KEY"])  # RestClient() caches one holder per process
         by_id = rest.get_training_run(tc.model_id).result()
         by_path = rest.get_training_run_by_tinker_path(path).result()
         listed = rest.list_training_runs().result()
