@@ -374,7 +374,6 @@ class Service:
             return answer
 
     def _checkpoint(self, path: str, *, training: bool = True) -> Dict[str, Any]:
-    def _checkpoint(self, path: str, training: bool = True) -> Dict[str, Any]:
         try:
             parsed = _paths.parse_path(path, training=training)
         except UsageError as exc:
@@ -555,7 +554,6 @@ class Service:
 
     def weights_info(self, req: _wire.WeightsInfoRequest) -> Dict[str, Any]:
         try:
-            entry = self._checkpoint(req.tinker_path, training=False)
             entry = self._checkpoint(req.tinker_path, training=False)  # any kind: the SDK asks for sampler paths too
         except UserError as exc:
             raise HTTPError(404, str(exc)) from None
@@ -638,10 +636,6 @@ class Service:
 
     @staticmethod
     def tinker_path(run_id: str, kind: str, name: str) -> str:
-        if kind not in ("weights", "sampler_weights"):
-            raise HTTPError(
-                404, "checkpoint %s/%s not found: the local server stores training and sampler weights only" % (kind, name)
-            )
         if kind not in _paths.KINDS:
             raise HTTPError(404, "checkpoint %s/%s not found: unknown kind %r" % (kind, name, kind))
         return str(_paths.TinkerPath(run_id, kind, name))
