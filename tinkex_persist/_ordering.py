@@ -75,6 +75,15 @@ class ModelQueue(Generic[H]):
         #: (path, request, idempotency key) of a submission whose outcome is unknown; see _reconcile.
         self._unresolved: Optional[Tuple[str, Any, str]] = None
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: new locks (a parent thread may have held them) and an empty queue.
+
+        Submissions queued before the fork belong to the parent, whose worker threads send them.
+        """
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._queue = collections.deque()
+
     @property
     def next_seq_id(self) -> int:
         """The ``seq_id`` the next sent submission gets."""

@@ -10,10 +10,11 @@ package's internal interface to the clients.
 import concurrent.futures
 import json
 import logging
+import os
 import threading
 import math
 import weakref
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Set, Tuple, Type, TypeVar, Union
 
 import attrs
 
@@ -29,6 +30,7 @@ from .exceptions import (
     CheckpointExistsError,
     ConfigError,
     ConflictError,
+    NotFoundError,
     PromiseExpiredError,
     RequestFailedError,
     UnprocessableEntityError,
@@ -106,9 +108,19 @@ class ServiceClient:
         self._closed = False
         self._stop = threading.Event()
         self._heartbeat: Optional[threading.Thread] = None
+        #: Sessions the server said it no longer knows (it restarted or ended them); their models are gone.
+        self._lost_sessions: Set[str] = set()
+        self._models: "weakref.WeakSet[TrainingClient]" = weakref.WeakSet()
+        _track(self)
 
     def __repr__(self) -> str:
         return "<ServiceClient base_url=%r session_id=%r>" % (self.config.base_url, self._session_id)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "ServiceClient cannot be pickled: it holds a thread pool, HTTP connections and a server session; "
+            "create one in each process, e.g. ServiceClient(config=service.config)"
+        )
 
     def __enter__(self) -> "ServiceClient":
         return self
@@ -149,25 +161,83 @@ class ServiceClient:
                 request = _wire.CreateSessionRequest(
                     user_metadata=self.config.user_metadata or {}, project_id=self.config.project_id
                 )
-                self._session_id = _ops.create_session(self._transport, request)
-                logger.debug("created session %s", self._session_id)
-                if self.config.heartbeat_interval:
-                    self._heartbeat = threading.Thread(
-                        target=self._beat, args=(self._session_id,), name="tinkex_persist-heartbeat", daemon=True
-                    )
-                    self._heartbeat.start()
+                self._session_id = self._create_session()
+                self._start_heartbeat()
             return self._session_id
 
-    def _beat(self, session_id: str) -> None:
+    def _create_session(self) -> str:
+        request = _wire.CreateSessionRequest(user_metadata=self.config.user_metadata or {}, project_id=self.config.project_id)
+        session_id = _ops.create_session(self._transport, request)
+        logger.debug("created session %s", session_id)
+        return session_id
+
+    def _start_heartbeat(self) -> None:
+        if self.config.heartbeat_interval and not self._stop.is_set():
+            self._heartbeat = threading.Thread(target=self._beat, name="tinkex_persist-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def _renew_session(self, stale: str) -> str:
+        """Replace a session the server no longer knows (it restarted) by a new one, once; return the current id."""
+        with self._session_lock:
+            if self._session_id == stale:
+                self._lost_sessions.add(stale)
+                self._session_id = self._create_session()
+                logger.warning(
+                    "the server no longer knows session %s (it restarted or ended it); continuing in new session %s. "
+                    "Models of the old session are gone: create them again from a checkpoint", stale, self._session_id
+                )
+            assert self._session_id is not None
+            return self._session_id
+
+    def _in_session(self, attempt: Callable[[str], T]) -> T:
+        """Run a session-addressed ``attempt(session_id)``; if the server no longer knows the session, renew it once and retry."""
+        session_id = self._ensure_session()
+        try:
+            return attempt(session_id)
+        except APIStatusError as exc:
+            if not _unknown_session(exc):
+                raise
+            return attempt(self._renew_session(session_id))
+
+    def _beat(self) -> None:
         interval = self.config.heartbeat_interval or 10.0
         while not self._stop.wait(interval):
+            session_id = self._session_id
+            if session_id is None:  # pragma: no cover - the heartbeat starts after the session exists
+                continue
             try:
                 _ops.heartbeat(self._transport, session_id)
             except PromiseExpiredError:
                 logger.warning("session %s was ended by the server (410); heartbeats stopped", session_id)
                 return
+            except APIStatusError as exc:
+                if not _unknown_session(exc):
+                    logger.debug("heartbeat for session %s failed: %s", session_id, exc)
+                    continue
+                try:
+                    self._renew_session(session_id)
+                except Exception as renew_exc:  # the next heartbeat, or the next call, tries again
+                    logger.debug("renewing session %s failed: %s", session_id, renew_exc)
             except Exception as exc:  # a missed heartbeat is not the user's error; the next one may pass
                 logger.debug("heartbeat for session %s failed: %s", session_id, exc)
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks, no pool (the parent's worker threads do not exist here), new connections.
+
+        The child creates a session of its own on first need: the parent's stays the parent's (it keeps
+        its heartbeat, and its own new models' numbers), and closing the child never finishes it. Models
+        created before the fork keep working in the child by their id; drive each from one process.
+        """
+        self._lock = threading.Lock()
+        self._session_lock = threading.Lock()
+        self._executor = None
+        self._heartbeat = None
+        self._stop = threading.Event()
+        self._session_id = None
+        self._next_model_seq = 0
+        self._transport.reset_after_fork()
+        for tc in list(self._models):
+            tc._queue.reset_after_fork()
 
     # ------------------------------------------------------------------ public
 
@@ -212,8 +282,7 @@ class ServiceClient:
         optimizer_config = _optimizer_config(optimizer) or _wire.OptimizerConfig()
         model_seq_id = self._allocate_model_seq()
 
-        def work() -> TrainingClient:
-            session_id = self._ensure_session()
+        def attempt(session_id: str) -> TrainingClient:
             request = _wire.CreateModelRequest(
                 session_id=session_id,
                 model_seq_id=model_seq_id,
@@ -223,9 +292,9 @@ class ServiceClient:
                 optimizer_config=optimizer_config,
             )
             model_id = _ops.create_model(self._transport, request, self.on_queue_state)
-            return TrainingClient(self, model_id, base_model=base_model, next_seq_id=1)
+            return TrainingClient(self, model_id, base_model=base_model, next_seq_id=1, session_id=session_id)
 
-        return self._submit(work)
+        return self._submit(self._in_session, attempt)
 
     def create_training_client_from_state(
         self,
@@ -297,8 +366,7 @@ class ServiceClient:
         model_seq_id = self._allocate_model_seq()
         transport = self._transport
 
-        def work() -> TrainingClient:
-            session_id = self._ensure_session()
+        def attempt(session_id: str) -> TrainingClient:
             request = _wire.LoadWeightsRequest(
                 session_id=session_id,
                 model_seq_id=model_seq_id,
@@ -312,7 +380,7 @@ class ServiceClient:
             try:
                 handle = _ops.submit(transport, "/load_weights", request)
             except APIStatusError as exc:
-                if not _rejects_session_addressing(exc):
+                if _unknown_session(exc) or not _rejects_session_addressing(exc):
                     raise
                 return self._from_state_legacy(
                     session_id, model_seq_id, path, optimizer, base_model, metadata, token, optimizer_config
@@ -323,9 +391,9 @@ class ServiceClient:
             if result.model_id and result.model_id != model_id:
                 logger.debug("server named the new model %s (expected %s)", result.model_id, model_id)
                 model_id = result.model_id
-            return TrainingClient(self, model_id, base_model=base_model, next_seq_id=1)
+            return TrainingClient(self, model_id, base_model=base_model, next_seq_id=1, session_id=session_id)
 
-        return self._submit(work)
+        return self._submit(self._in_session, attempt)
 
     def _from_state_legacy(
         self,
@@ -360,7 +428,7 @@ class ServiceClient:
         load = _wire.LoadWeightsRequest(model_id=model_id, seq_id=1, path=path, optimizer=optimizer, weights_access_token=token)
         handle = _ops.submit(transport, "/load_weights", load)
         _ops.poll(transport, handle.request_id, _wire.LoadWeightsResponse, "LoadWeights", on_queue_state=self.on_queue_state)
-        return TrainingClient(self, model_id, base_model=base_model or info.base_model, next_seq_id=2)
+        return TrainingClient(self, model_id, base_model=base_model or info.base_model, next_seq_id=2, session_id=session_id)
 
     def close(self, *, cancel: bool = False) -> None:
         """Wait for running operations, finish the server session and release connections. Idempotent.
@@ -405,21 +473,62 @@ class TrainingClient:
     whatever thread calls and whichever worker runs them. Polling for results runs concurrently.
     """
 
-    def __init__(self, service: ServiceClient, model_id: str, *, base_model: Optional[str] = None, next_seq_id: int = 1) -> None:
+    def __init__(
+        self,
+        service: ServiceClient,
+        model_id: str,
+        *,
+        base_model: Optional[str] = None,
+        next_seq_id: int = 1,
+        session_id: Optional[str] = None,
+    ) -> None:
         self.service = service
         self.model_id = model_id
         self.base_model = base_model
+        #: The server session the model was created in; the model lives only as long as the session.
+        self.session_id = session_id
         self._queue: ModelQueue[_wire.UntypedAPIFuture] = ModelQueue(self._send, model_id, next_seq_id)
+        service._models.add(self)
 
     def __repr__(self) -> str:
         return "<TrainingClient model_id=%r>" % self.model_id
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "TrainingClient cannot be pickled: it belongs to this process's ServiceClient; in the other process "
+            "resume from a checkpoint path with create_training_client_from_state_with_optimizer(service, path)"
+        )
+
+    def _lost(self, exc: APIStatusError) -> Optional[NotFoundError]:
+        """The error for a request on a model whose session the server no longer knows, or None if it is another 404."""
+        text = (exc.body or exc.message).lower()
+        lost = self.session_id is not None and self.session_id in self.service._lost_sessions
+        if not lost and not ("model" in text and ("not found" in text or "unknown" in text)):
+            return None
+        return NotFoundError(
+            "model %s belonged to session %s, which the server no longer knows (it restarted or ended the session); "
+            "models do not survive that: create it again from a checkpoint with "
+            "create_training_client_from_state_with_optimizer(service, path) (server said: %s)"
+            % (self.model_id, self.session_id or "?", exc.message),
+            status_code=exc.status_code,
+            method=exc.method,
+            url=exc.url,
+            request_id=exc.request_id,
+            body=exc.body,
+        )
 
     def _send(self, path: str, request: Any, idempotency_key: str) -> Tuple[_wire.UntypedAPIFuture, History]:
         return _ops.submit_recorded(self.service._transport, path, request, idempotency_key=idempotency_key)
 
     def _finish(self, submission: Submission[_wire.UntypedAPIFuture], result_cls: Type[T], request_type: str) -> T:
         """Send in order, then poll for the result (inside a worker)."""
-        handle = self._queue.send_through(submission)
+        try:
+            handle = self._queue.send_through(submission)
+        except NotFoundError as exc:
+            lost = self._lost(exc)
+            if lost is None:
+                raise
+            raise lost from exc
         return _ops.poll(
             self.service._transport, handle.request_id, result_cls, request_type, on_queue_state=self.service.on_queue_state
         )
@@ -762,6 +871,32 @@ class TrainingClient:
         return self.service._submit(work)
 
 
+# --------------------------------------------------------------------------- fork
+# A fork copies the clients but not their threads, and a lock a parent thread held stays held in the
+# child: without a reset, the child's pool waits forever for worker threads that do not exist there.
+
+_CLIENTS: "weakref.WeakSet[ServiceClient]" = weakref.WeakSet()
+_registry_lock = threading.Lock()
+_fork_hook_installed = False
+
+
+def _track(service: ServiceClient) -> None:
+    global _fork_hook_installed
+    with _registry_lock:
+        _CLIENTS.add(service)
+        if _fork_hook_installed or not hasattr(os, "register_at_fork"):
+            return
+        _fork_hook_installed = True
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for service in list(_CLIENTS):
+        service._after_fork()
+
+
 # --------------------------------------------------------------------------- internal interface
 # What the package's other modules (checkpoints, download, demo) may use of the clients. Nothing
 # outside this module reaches into the clients' underscore members.
@@ -833,6 +968,18 @@ def _is_exists_error(exc: BaseException) -> bool:
         return True
     text = exc.message if isinstance(exc, RequestFailedError) else ""
     return "already exist" in text.lower()
+
+
+def _unknown_session(exc: APIStatusError) -> bool:
+    """True for an answer saying the server does not know the session (it restarted, or expired it).
+
+    The embedded server answers 404 ``session ... not found``; other servers may say "unknown session"
+    or answer 400. A finished session (410) is not unknown: it is not renewed.
+    """
+    if exc.status_code not in (400, 404):
+        return False
+    text = (exc.body or exc.message).lower()
+    return "session" in text and ("not found" in text or "unknown" in text or "does not exist" in text)
 
 
 def _rejects_session_addressing(exc: APIStatusError) -> bool:
