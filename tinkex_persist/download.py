@@ -5,6 +5,7 @@ The archive is extracted with :func:`tinkex_persist._archive.safe_extract`, whic
 
 import concurrent.futures
 import hashlib
+import json
 import logging
 import os
 import re
@@ -34,6 +35,11 @@ from .exceptions import (
     UsageError,
 )
 from .types import DownloadProgress, DownloadResult
+
+try:  # POSIX; elsewhere concurrent downloads into one destination are not coordinated
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -346,6 +352,75 @@ def _download_archive(
 
 
 
+#: Seconds between two tries to take the lock of a destination another process is downloading into.
+LOCK_POLL = 0.1
+
+
+class _DestinationLock:
+    """An OS lock (``flock``) on ``<target>.tar.lock``, so that one process at a time downloads into a target.
+
+    The others wait for it (a cancel stops the wait). The winner records its result in the lock file, so
+    a waiter that finds the target finished returns that result instead of downloading again. The OS
+    releases the lock when its holder dies; its partial file is then resumed by the next holder.
+    """
+
+    def __init__(self, target: str, stopping: threading.Event) -> None:
+        self.path = target + ".tar.lock"
+        self.stopping = stopping
+        self.fd = -1
+
+    def __enter__(self) -> "_DestinationLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:  # pragma: no cover
+            return self
+        waited = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if not waited:
+                    logger.debug("another process is downloading into %s; waiting for it", self.path[: -len(".tar.lock")])
+                    waited = True
+                if self.stopping.wait(LOCK_POLL):
+                    os.close(self.fd)
+                    raise OperationCancelledError(
+                        "stopped waiting for another download into %s: the client is stopping"
+                        % self.path[: -len(".tar.lock")]
+                    ) from None
+
+    def __exit__(self, *exc_info: Any) -> None:
+        os.close(self.fd)  # closing releases the flock
+
+    def finished(self, tp: TinkerPath, target: str) -> Optional[DownloadResult]:
+        """The result another process recorded for ``target``, or None if there is no usable record."""
+        try:
+            with open(self.path, "r", encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("tinker_path") != str(tp) or data.get("directory") != target:
+                return None
+            archive_path = data.get("archive_path")
+            return DownloadResult(
+                tinker_path=str(tp),
+                directory=target,
+                archive_bytes=int(data["archive_bytes"]),
+                bytes_fetched=0,
+                resumed_from=0,
+                range_requests=0,
+                sha256=str(data["sha256"]),
+                sha256_verified=bool(data["sha256_verified"]),
+                files=tuple(str(f) for f in data["files"]),
+                archive_path=archive_path if isinstance(archive_path, str) and os.path.exists(archive_path) else None,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def record(self, result: DownloadResult) -> None:
+        data = json.dumps(result.to_json(), sort_keys=True).encode("utf-8")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+
 def _download(
     transport: Transport,
     tp: TinkerPath,
@@ -357,10 +432,37 @@ def _download(
     progress: Optional[ProgressCallback],
 ) -> DownloadResult:
     target = os.path.join(dest_dir, tp.run_id, tp.kind, tp.name)
-    if os.path.lexists(target) and not overwrite:
+    existed = os.path.lexists(target)
+    if existed and not overwrite:
         raise FileExistsError("%s already exists; pass overwrite=True (--overwrite) to replace it" % target)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with _DestinationLock(target, transport.stopping) as lock:
+        if not existed and os.path.lexists(target):
+            # Another process finished this download while we waited for the lock: use its copy.
+            found = lock.finished(tp, target)
+            if found is None:
+                raise FileExistsError("%s appeared while waiting for another download into it, without a record of "
+                                      "that download; pass overwrite=True (--overwrite) to replace it" % target)
+            logger.debug("%s was downloaded by another process while this one waited", target)
+            if progress is not None:
+                progress(DownloadProgress(phase="done", bytes_done=found.archive_bytes, bytes_total=found.archive_bytes,
+                                          resumed_from=0, elapsed=0.0))
+            return found
+        result = _download_locked(transport, tp, target, keep_archive, wait, resumes, progress)
+        lock.record(result)
+        return result
+
+
+def _download_locked(
+    transport: Transport,
+    tp: TinkerPath,
+    target: str,
+    keep_archive: bool,
+    wait: float,
+    resumes: int,
+    progress: Optional[ProgressCallback],
+) -> DownloadResult:
     parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
     part = target + ".tar.part"
     started = time.monotonic()
     if os.path.exists(part):
