@@ -359,9 +359,10 @@ LOCK_POLL = 0.1
 class _DestinationLock:
     """An OS lock (``flock``) on ``<target>.tar.lock``, so that one process at a time downloads into a target.
 
-    The others wait for it (a cancel stops the wait). The winner records its result in the lock file, so
-    a waiter that finds the target finished returns that result instead of downloading again. The OS
-    releases the lock when its holder dies; its partial file is then resumed by the next holder.
+    The others wait for it (a client that is stopping stops the wait). The winner writes its result
+    into the lock file and removes the file before releasing the lock: a waiter then holds the lock of
+    a file no longer in the directory, reads the result from it and returns the finished copy. The OS
+    releases the lock when its holder dies; the next holder resumes the partial file.
     """
 
     def __init__(self, target: str, stopping: threading.Event) -> None:
@@ -369,34 +370,42 @@ class _DestinationLock:
         self.stopping = stopping
         self.fd = -1
 
-    def __enter__(self) -> "_DestinationLock":
+    def acquire(self) -> bool:
+        """Take the lock; return False if the file was removed meanwhile (its holder finished)."""
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is None:  # pragma: no cover
-            return self
+            return True
         waited = False
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
+                break
             except BlockingIOError:
                 if not waited:
-                    logger.debug("another process is downloading into %s; waiting for it", self.path[: -len(".tar.lock")])
+                    logger.debug("another download into %s is running; waiting for it", self.path[: -len(".tar.lock")])
                     waited = True
                 if self.stopping.wait(LOCK_POLL):
-                    os.close(self.fd)
+                    self.release()
                     raise OperationCancelledError(
                         "stopped waiting for another download into %s: the client is stopping"
                         % self.path[: -len(".tar.lock")]
                     ) from None
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self.fd)
+        return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
 
-    def __exit__(self, *exc_info: Any) -> None:
-        os.close(self.fd)  # closing releases the flock
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = -1
 
     def finished(self, tp: TinkerPath, target: str) -> Optional[DownloadResult]:
-        """The result another process recorded for ``target``, or None if there is no usable record."""
+        """The result the previous holder recorded for ``target``, or None if there is no usable record."""
         try:
-            with open(self.path, "r", encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(os.pread(self.fd, 1 << 20, 0).decode("utf-8"))
             if data.get("tinker_path") != str(tp) or data.get("directory") != target:
                 return None
             archive_path = data.get("archive_path")
@@ -415,10 +424,12 @@ class _DestinationLock:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def record(self, result: DownloadResult) -> None:
+    def finish(self, result: DownloadResult) -> None:
+        """Record ``result`` for the waiters and remove the lock file (still holding the lock)."""
         data = json.dumps(result.to_json(), sort_keys=True).encode("utf-8")
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
+        os.unlink(self.path)
 
 
 def _download(
@@ -436,21 +447,29 @@ def _download(
     if existed and not overwrite:
         raise FileExistsError("%s already exists; pass overwrite=True (--overwrite) to replace it" % target)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    with _DestinationLock(target, transport.stopping) as lock:
-        if not existed and os.path.lexists(target):
-            # Another process finished this download while we waited for the lock: use its copy.
-            found = lock.finished(tp, target)
-            if found is None:
-                raise FileExistsError("%s appeared while waiting for another download into it, without a record of "
-                                      "that download; pass overwrite=True (--overwrite) to replace it" % target)
-            logger.debug("%s was downloaded by another process while this one waited", target)
-            if progress is not None:
-                progress(DownloadProgress(phase="done", bytes_done=found.archive_bytes, bytes_total=found.archive_bytes,
-                                          resumed_from=0, elapsed=0.0))
-            return found
-        result = _download_locked(transport, tp, target, keep_archive, wait, resumes, progress)
-        lock.record(result)
-        return result
+    lock = _DestinationLock(target, transport.stopping)
+    while True:
+        try:
+            current = lock.acquire()
+            if not existed and os.path.lexists(target):
+                # Another process finished this download while we waited for the lock: use its copy.
+                found = lock.finished(tp, target)
+                if found is None:
+                    raise FileExistsError("%s appeared while waiting for another download into it, without a "
+                                          "record of that download; pass overwrite=True (--overwrite) to replace it"
+                                          % target)
+                logger.debug("%s was downloaded by another process while this one waited", target)
+                if progress is not None:
+                    progress(DownloadProgress(phase="done", bytes_done=found.archive_bytes,
+                                              bytes_total=found.archive_bytes, resumed_from=0, elapsed=0.0))
+                return found
+            if not current:
+                continue  # the file we locked was removed by a holder that finished: lock the new one
+            result = _download_locked(transport, tp, target, keep_archive, wait, resumes, progress)
+            lock.finish(result)
+            return result
+        finally:
+            lock.release()
 
 
 def _download_locked(
@@ -552,6 +571,8 @@ def download_checkpoint(
     ``max_resumes`` times in this call; after that the partial file (``<target>.tar.part``) stays and the
     next call resumes from it. The size and, when the server sends one, the sha256 are checked before
     anything is extracted; extraction refuses absolute paths, ``..``, links and special files.
+    Calls into the same target, from any processes, take turns under an OS lock on
+    ``<target>.tar.lock``: one downloads, the others wait and then return its copy.
 
     Args:
         service: the service client to use.
