@@ -501,7 +501,7 @@ class TrainingClient:
 
     def _lost(self, exc: APIStatusError) -> Optional[NotFoundError]:
         """The error for a request on a model whose session the server no longer knows, or None if it is another 404."""
-        text = (exc.body or exc.message).lower()
+        text = (exc.body or "").lower()
         lost = self.session_id is not None and self.session_id in self.service._lost_sessions
         if not lost and not ("model" in text and ("not found" in text or "unknown" in text)):
             return None
@@ -978,7 +978,7 @@ def _unknown_session(exc: APIStatusError) -> bool:
     """
     if exc.status_code not in (400, 404):
         return False
-    text = (exc.body or exc.message).lower()
+    text = (exc.body or "").lower()  # the body only: the message names the route (session_heartbeat)
     return "session" in text and ("not found" in text or "unknown" in text or "does not exist" in text)
 
 
