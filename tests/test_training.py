@@ -528,3 +528,23 @@ class TestServerRefusals:
         with pytest.raises(tp.BadRequestError) as info:
             training_client.optim_step({"type": "lion", "learning_rate": 0.1, "betas": [0.9, 0.99]}).result(timeout=30)
         assert "lion" in str(info.value)
+
+
+class TestLostAnswers:
+    """A forward_backward whose answer is lost is applied once: retried under its key, replayed by the server."""
+
+    def test_a_lost_answer_does_not_accumulate_the_gradient_twice(self, local_server):
+        """With the first forward_backward answer dropped after the server committed it, the loss curve equals a clean run's."""
+        curves = []
+        for fault in (False, True):
+            with FaultProxy(local_server.url) as proxy, tp.ServiceClient(
+                base_url=proxy.url, api_key=TEST_KEY, heartbeat_interval=None, backoff_factor=0
+            ) as svc:
+                tc = svc.create_lora_training_client(BASE, rank=4, seed=9).result(timeout=30)
+                if fault:
+                    proxy.add("lost_ack", "/api/v1/forward_backward")
+                curves.append(_train(tc, _batch(), 3))
+                sent = [r for r in proxy.records if r.path == "/api/v1/forward_backward"]
+            assert (4 if fault else 3) == len(sent)
+        assert curves[0] == curves[1]
+        assert sent[0].body == sent[1].body and sent[0].headers["x-idempotency-key"] == sent[1].headers["x-idempotency-key"]
