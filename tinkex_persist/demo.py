@@ -1,5 +1,6 @@
 """``python -m tinkex_persist demo``: save, crash, resume on an embedded server, and prove the resume exact."""
 
+import os
 import sys
 import tempfile
 import time
@@ -7,11 +8,10 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from .api import (
     create_training_client_from_state,
-    create_training_client_from_state_with_optimizer,
     forward_backward,
     optim_step as _optim_step,
-    save_state,
 )
+from .checkpointer import Checkpointer
 from .client import ServiceClient, TrainingClient, runner_of
 from .training_types import AdamParams, Datum, ModelInput
 
@@ -50,18 +50,23 @@ def model_state(service: ServiceClient, model_id: str) -> Dict[str, Any]:
     return resp.json()
 
 
-def train(tc: TrainingClient, steps: int) -> List[float]:
+def train(
+    tc: TrainingClient, steps: int, *, checkpointer: Optional[Checkpointer] = None, start: int = 0
+) -> List[float]:
     """Run ``steps`` training steps on the fixed batch (forward_backward, then optim_step); return the losses.
 
-    Both requests of a step are submitted before waiting, as a training loop pipelines them.
+    Both requests of a step are submitted before waiting, as a training loop pipelines them. With a
+    ``checkpointer``, ``checkpointer.step(tc, n)`` follows each step, ``n`` counting the steps completed from ``start``.
     """
     losses = []
     data = batch()
-    for _ in range(steps):
+    for done in range(start, start + steps):
         fb = forward_backward(tc, data, "cross_entropy")
         step = _optim_step(tc, AdamParams(learning_rate=LEARNING_RATE))
         losses.append(fb.result().metrics["loss:sum"])
         step.result()
+        if checkpointer is not None:
+            checkpointer.step(tc, done + 1)
     return losses
 
 
@@ -89,16 +94,20 @@ def run(out: TextIO, steps: int = 5) -> bool:
         say("  [%s] %s%s" % ("ok" if ok else "FAILED", label, (" (%s)" % detail) if detail else ""))
 
     with tempfile.TemporaryDirectory(prefix="tinkex-persist-demo-") as root:
-        with LocalServer(root) as server:
-            say("Local Tinker-compatible server on %s (checkpoints under %s)" % (server.url, root))
+        store, log_dir = os.path.join(root, "server"), os.path.join(root, "log")
+        with LocalServer(store) as server:
+            say("Local Tinker-compatible server on %s (checkpoints under %s)" % (server.url, store))
             with ServiceClient(base_url=server.url, api_key=DEMO_KEY) as service:
-                tc = service.create_lora_training_client(BASE_MODEL, rank=8, seed=1).result()
-                say("1. Created training run %s; training %d steps (forward_backward + optim_step, cross-entropy "
-                    "on %d sequences)" % (tc.model_id, steps, len(SEQUENCES)))
-                first = train(tc, steps)
+                ckpt = Checkpointer(service, log_dir, save_every=steps)
+                tc, start = ckpt.resume_or_create(BASE_MODEL, rank=8, seed=1)
+                say("1. Checkpointer found no record in %s: created training run %s; training %d steps "
+                    "(forward_backward + optim_step, cross-entropy on %d sequences)"
+                    % (log_dir, tc.model_id, steps, len(SEQUENCES)))
+                first = train(tc, steps, checkpointer=ckpt, start=start)
                 say("   loss:sum per step: %s" % _curve(first))
-                saved = save_state(tc, "step-%d" % steps).result()
-                say("2. Saved %s" % saved.path)
+                saved = ckpt.plan()
+                saved_path = saved.path or ""  # the steps above saved one
+                say("2. Checkpointer saved %s at step %d and recorded it in %s" % (saved_path, saved.start, ckpt.path))
                 second = train(tc, steps)
                 say("   loss:sum per step: %s" % _curve(second))
                 check("loss falls over the %d steps" % (2 * steps), second[-1] < first[0],
@@ -106,20 +115,22 @@ def run(out: TextIO, steps: int = 5) -> bool:
                 reference = model_state(service, tc.model_id)
                 say("3. Uninterrupted run trained %d more steps: step %s, weights %s, optimizer %s"
                     % (steps, reference["step"], _short(reference["weights_sha256"]), _short(reference["optimizer_sha256"])))
-        say("4. Crash: the server and every session are gone; only the checkpoint directory remains")
-        with LocalServer(root) as server:
+        say("4. Crash: the server and every session are gone; only the checkpoint directory and the log remain")
+        with LocalServer(store) as server:
             say("5. Restarted the server on the same directory (%s)" % server.url)
             with ServiceClient(base_url=server.url, api_key=DEMO_KEY) as service:
-                resumed = create_training_client_from_state_with_optimizer(service, saved.path).result()
-                again = train(resumed, steps)
+                ckpt = Checkpointer(service, log_dir, save_every=steps)
+                resumed, start = ckpt.resume_or_create(BASE_MODEL, rank=8, seed=1)
+                again = train(resumed, steps, checkpointer=ckpt, start=start)
                 exact = model_state(service, resumed.model_id)
-                say("6. Resumed with optimizer as %s and trained %d steps: weights %s, optimizer %s"
-                    % (resumed.model_id, steps, _short(exact["weights_sha256"]), _short(exact["optimizer_sha256"])))
+                say("6. Checkpointer resumed from its %s at step %d (weights and optimizer) as %s and trained %d steps: "
+                    "weights %s, optimizer %s" % (ckpt.source, start, resumed.model_id, steps,
+                                                  _short(exact["weights_sha256"]), _short(exact["optimizer_sha256"])))
                 say("   loss:sum per step: %s" % _curve(again))
                 check("the resumed loss curve equals the uninterrupted run's", again == second)
                 check("weights equal the uninterrupted run's", exact["weights_sha256"] == reference["weights_sha256"])
                 check("optimizer state equals the uninterrupted run's", exact["optimizer_sha256"] == reference["optimizer_sha256"])
-                plain = create_training_client_from_state(service, saved.path).result()
+                plain = create_training_client_from_state(service, saved_path).result()
                 train(plain, steps)
                 weights_only = model_state(service, plain.model_id)
                 say("7. Resumed weights only as %s and trained %d steps: weights %s"
