@@ -42,16 +42,18 @@ class TestInfo:
     """Tests for ``info``."""
 
     def test_human_and_json(self, run, seed_run):
-        """``info`` prints a key/value table, or with --json the WeightsInfo fields."""
+        """``info`` prints a key/value table, or with --json the listing fields and the WeightsInfo fields."""
         _, (path,) = seed_run(["a"], rank=4)
         code, out, _ = run("info", path)
         assert 0 == code
-        assert ["path", "base model", "LoRA", "LoRA rank"] == [line.split("  ")[0].strip() for line in out.splitlines()[:4]]
+        assert ["path", "type", "size", "created"] == [line.split("  ")[0].strip() for line in out.splitlines()[:4]]
         assert "LoRA rank           4" in out
         code, out, _ = run("info", path, "--json")
         expected = {"tinker_path": path, "base_model": "Qwen/Qwen3-8B", "is_lora": True, "lora_rank": 4,
-                    "train_unembed": True, "train_mlp": True, "train_attn": True, "optimizer": "adamw"}
-        assert (0, expected) == (code, json.loads(out))
+                    "train_unembed": True, "train_mlp": True, "train_attn": True, "optimizer": "adamw",
+                    "checkpoint_type": "training", "public": False, "expires_at": None}
+        data = json.loads(out)
+        assert (0, expected) == (code, {k: data[k] for k in expected})
 
     def test_missing_checkpoint_exits_1(self, run, seed_run):
         """An API error (404) exits 1 with a one-line message on stderr, and a JSON error with --json."""
@@ -76,7 +78,7 @@ class TestList:
         code, out, _ = run("list", "--run", run_id)
         lines = out.splitlines()
         assert 0 == code
-        assert ["PATH", "TYPE", "CREATED", "SIZE", "EXPIRES"] == lines[0].split()
+        assert ["PATH", "TYPE", "CREATED", "SIZE", "EXPIRES", "PUBLIC"] == lines[0].split()
         assert [paths[1], paths[0]] == [line.split()[0] for line in lines[1:3]]
         assert lines[-1].startswith("2 checkpoint(s), ")
 
@@ -213,7 +215,7 @@ class TestKeepLast:
     def test_keeps_n_newest(self, run, seed_run, mgmt_service):
         """``keep-last 2`` keeps exactly the two newest and prints keep/deleted lines."""
         run_id, _ = seed_run(["s0", "s1", "s2", "s3"])
-        code, out, _ = run("keep-last", "2", "--run", run_id)
+        code, out, _ = run("keep-last", "2", "--run", run_id, "--yes")
         assert 0 == code
         assert ["keep", "keep", "deleted", "deleted"] == [line.split()[0] for line in out.splitlines()[:4]]
         assert ["s3", "s2"] == [c.name for c in _listing(mgmt_service, run_id)]
@@ -238,7 +240,7 @@ class TestKeepLast:
         """A refused delete during keep-last exits 3 and is printed; the other delete happens."""
         run_id, _ = seed_run(["s0", "s1", "s2"])
         keyed_server.faults.add("/api/v1/training_runs/*/checkpoints/weights/s0", method="DELETE", status=403)
-        code, out, _ = run("keep-last", "1", "--run", run_id)
+        code, out, _ = run("keep-last", "1", "--run", run_id, "--yes")
         assert (3, ["deleted", "FAILED"]) == (code, [line.split()[0] for line in out.splitlines()[:2]])
 
     def test_zero_is_a_usage_error(self, run):
@@ -252,11 +254,11 @@ class TestTtl:
     def test_set_and_remove(self, run, seed_run, mgmt_service):
         """``--set`` gives the checkpoint an expiry; ``--remove`` clears it; both print a line or JSON."""
         run_id, (path,) = seed_run(["a"])
-        code, out, _ = run("ttl", path, "--set", "7200")
+        code, out, _ = run("ttl", path, "--set", "7200", "--yes")
         assert (0, True) == (code, out.startswith(path + ": expires in 7200 s"))
         assert None is not _listing(mgmt_service, run_id)[0].expires_at
-        code, out, _ = run("ttl", path, "--remove", "--json")
-        assert (0, {"tinker_path": path, "ttl_seconds": None}) == (code, json.loads(out))
+        code, out, _ = run("ttl", path, "--remove", "--json", "--yes")
+        assert (0, {"tinker_path": path, "ttl_seconds": None, "dry_run": False}) == (code, json.loads(out))
         assert None is _listing(mgmt_service, run_id)[0].expires_at
 
     @pytest.mark.parametrize("argv", [["--set", "10"], ["--set", "x"], [], ["--set", "7200", "--remove"]],

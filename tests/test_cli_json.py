@@ -85,7 +85,7 @@ class TestJsonFailures:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        expected = {"error": {"type": "Aborted", "message": "aborted; nothing was deleted"}}
+        expected = {"error": {"type": "Aborted", "message": "aborted; nothing was changed"}}
         assert (1, expected) == (proc.returncode, _one_json_object(out))
 
 

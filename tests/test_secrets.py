@@ -122,10 +122,10 @@ class TestCommandLine:
         [
             ["list"],
             ["info", "{path}"],
-            ["ttl", "{path}", "--set", "7200"],
+            ["ttl", "{path}", "--set", "7200", "--yes"],
             ["download", "{path}", "--dest", "{dest}"],
             ["delete", "{path}", "--yes"],
-            ["keep-last", "1", "--run", "{run}"],
+            ["keep-last", "1", "--run", "{run}", "--yes"],
             ["info", "tinker://nope/weights/x"],
         ],
     )

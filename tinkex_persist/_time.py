@@ -4,7 +4,7 @@ import datetime
 import re
 from typing import Any, Optional
 
-__all__ = ("format_time", "parse_date", "parse_seconds", "parse_time")
+__all__ = ("format_time", "parse_date", "parse_duration", "parse_seconds", "parse_time")
 
 
 def parse_time(value: Any) -> Optional[datetime.datetime]:
@@ -67,3 +67,19 @@ def parse_seconds(text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError("%r is not a whole number of seconds" % text) from None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> datetime.timedelta:
+    """Parse a duration given by a user: a whole number with an optional unit ``s``, ``m``, ``h``, ``d`` or ``w``
+    (``90m``, ``12h``, ``7d``, ``2w``; a bare number is seconds).
+
+    Raises:
+        ValueError: ``text`` is not such a duration; the message says which forms are accepted.
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text.lower())
+    if not m:
+        raise ValueError("%r is not a duration; use a whole number with s, m, h, d or w, e.g. 12h or 7d" % text)
+    return datetime.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2) or "s"])

@@ -9,7 +9,7 @@ import concurrent.futures
 import datetime
 import logging
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from urllib.parse import quote
 
 from . import _ops, _paths, _wire
@@ -26,6 +26,7 @@ from .types import (
     DeleteOutcome,
     DeleteReport,
     ExternalWeightsUrls,
+    PruneReport,
     RetentionReport,
     StorageUsageItem,
     WeightsInfo,
@@ -46,6 +47,8 @@ __all__ = (
     "keep_last",
     "list_checkpoints",
     "list_user_checkpoints",
+    "plan_prune",
+    "prune",
     "publish_checkpoint",
     "select_checkpoints",
     "set_checkpoint_ttl",
@@ -630,3 +633,121 @@ def copy_weights(
         raise UsageError("weights_access_token must be a non-empty str or None")
     request = _wire.CopyWeightsRequest(destination_project_id=project, source_path=path, ttl_seconds=ttl_seconds)
     return runner.submit(_copy, runner.transport, request, weights_access_token)
+
+
+# --------------------------------------------------------------------------- pruning across runs
+
+
+def plan_prune(
+    checkpoints: Iterable[CheckpointInfo],
+    *,
+    keep_last: Optional[int] = None,
+    older_than: Optional[datetime.timedelta] = None,
+    type: Optional[str] = None,
+    include_published: bool = False,
+    now: Optional[datetime.datetime] = None,
+) -> Tuple[List[CheckpointInfo], List[CheckpointInfo], List[CheckpointInfo]]:
+    """Split checkpoints into (kept, to delete, published and spared); no request. What ``prune`` uses.
+
+    Only checkpoints of ``type`` are considered (all types when None). Within each run and type, the
+    newest ``keep_last`` are kept; of the others, those created before ``now - older_than`` are deleted
+    (all of them when ``older_than`` is None). Published checkpoints are spared unless
+    ``include_published``. Each list is newest first.
+
+    Raises:
+        UsageError: neither ``keep_last`` nor ``older_than`` given (that would delete everything), or a bad value.
+    """
+    if keep_last is None and older_than is None:
+        raise UsageError("give keep_last, older_than or both; pruning with neither would delete every checkpoint")
+    if keep_last is not None:
+        _paths.check_int(keep_last, "keep_last", minimum=0)
+    if older_than is not None and (not isinstance(older_than, datetime.timedelta) or older_than.total_seconds() < 0):
+        raise UsageError("older_than must be a non-negative datetime.timedelta, got %r" % (older_than,))
+    if type is not None and type not in CHECKPOINT_TYPES:
+        raise UsageError("type must be one of %s or None, got %r" % (", ".join(CHECKPOINT_TYPES), type))
+    if not isinstance(include_published, bool):
+        raise UsageError("include_published must be a bool, got %r" % (include_published,))
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    groups: Dict[Tuple[str, str], List[CheckpointInfo]] = {}
+    for c in checkpoints:
+        if type is None or c.checkpoint_type == type:
+            groups.setdefault((c.run_id, c.checkpoint_type), []).append(c)
+    kept: List[CheckpointInfo] = []
+    doomed: List[CheckpointInfo] = []
+    spared: List[CheckpointInfo] = []
+    for key in sorted(groups):
+        ordered = _newest_first(groups[key])
+        head = ordered[:keep_last] if keep_last is not None else []
+        rest = ordered[len(head):]
+        if older_than is not None:
+            cutoff = now - older_than
+            head = head + [c for c in rest if c.time >= cutoff]
+            rest = [c for c in rest if c.time < cutoff]
+        tail = rest
+        kept.extend(head)
+        for c in tail:
+            (doomed if include_published or not c.public else spared).append(c)
+    return _newest_first(kept), _newest_first(doomed), _newest_first(spared)
+
+
+def _prune(
+    runner: Runner,
+    run_id: Optional[str],
+    options: Dict[str, Any],
+    dry_run: bool,
+    concurrency: int,
+) -> PruneReport:
+    listed = _list(runner.transport, run_id, None) if run_id is not None else _list(runner.transport, None, None)
+    kept, doomed, spared = plan_prune(listed, **options)
+    logger.debug("prune(%s): keeping %d, deleting %d, sparing %d published", run_id or "all runs",
+                 len(kept), len(doomed), len(spared))
+    parsed = [parse_path(c.tinker_path, training=False) for c in doomed]
+    report = _delete_all(runner, parsed, dry_run, concurrency, sizes={c.tinker_path: c.size_bytes for c in doomed})
+    _raise_for_report(report, "prune(%s)" % (run_id or "all runs"))
+    return PruneReport(run_id=run_id, kept=tuple(kept), spared=tuple(spared), deletes=report)
+
+
+def prune(
+    service: ServiceClient,
+    *,
+    run_id: Optional[str] = None,
+    keep_last: Optional[int] = None,
+    older_than: Optional[datetime.timedelta] = None,
+    type: Optional[str] = None,
+    include_published: bool = False,
+    dry_run: bool = False,
+    max_concurrency: int = DEFAULT_DELETE_CONCURRENCY,
+) -> "concurrent.futures.Future[PruneReport]":
+    """Delete old checkpoints of one run, or of every run: keep the newest N per run and type, and/or
+    delete those older than a duration. Published checkpoints are spared unless ``include_published``.
+
+    The selection is :func:`plan_prune`'s, on one listing (``run_id``) or the user-wide listing (None).
+
+    Args:
+        service: the service client to use.
+        run_id: one training run; None prunes every run's checkpoints.
+        keep_last: keep the newest this many (>= 0) of each run and type.
+        older_than: delete only checkpoints created longer ago than this.
+        type: ``training``, ``sampler`` or ``external``: only that type is pruned; None: every type.
+        include_published: also delete published checkpoints.
+        dry_run: only report what would be deleted.
+        max_concurrency: deletes in flight at once.
+
+    Returns:
+        A Future of :class:`~tinkex_persist.types.PruneReport`.
+
+    Raises:
+        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        CheckpointDeleteError: some deletes failed; ``report`` has every outcome (set on the Future).
+        APIStatusError, APIConnectionError, DecodeError: the listing failed (set on the Future).
+    """
+    runner = runner_of(service)
+    if run_id is not None:
+        _paths.check_run_id(run_id)
+    options: Dict[str, Any] = dict(keep_last=keep_last, older_than=older_than, type=type,
+                                   include_published=include_published)
+    plan_prune([], **options)  # checks the options now, before anything is sent
+    if not isinstance(dry_run, bool):
+        raise UsageError("dry_run must be a bool, got %r" % (dry_run,))
+    _paths.check_int(max_concurrency, "max_concurrency")
+    return runner.submit(_prune, runner, run_id, options, dry_run, max_concurrency)

@@ -20,13 +20,14 @@ import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO
 
 from . import checkpoints, download
+from .checkpoints import CHECKPOINT_TYPES
 from ._version import __version__
-from ._time import parse_date, parse_seconds
+from ._time import parse_date, parse_duration, parse_seconds
 from .client import ServiceClient
 from .config import ENV_API_KEY, ENV_BASE_URL, Config, read_env
 from ._paths import parse_path
 from .exceptions import APIStatusError, CheckpointDeleteError, ConfigError, TinkexPersistError, UsageError
-from .types import CheckpointInfo, DeleteReport, DownloadProgress
+from .types import CheckpointInfo, DeleteReport, DownloadProgress, PruneReport
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,33 @@ def _seconds(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("%r is not a whole number >= 0" % text)
+    return value
+
+
+def _duration(text: str) -> datetime.timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _local_options() -> "_Parser":
+    # What `serve` uses of the common options: it talks to no server, so no URL, key file or progress.
+    p = _Parser(add_help=False)
+    g = p.add_argument_group("output options")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON on stdout")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log requests at DEBUG on stderr (secrets redacted)")
+    return p
+
+
 def _common() -> "_Parser":
     # Accepted both before and after the subcommand. SUPPRESS keeps a subcommand's parser from resetting
     # what was given before it.
@@ -201,26 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common])
+    def add(name: str, help: str, parents: Optional[List["_Parser"]] = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common] if parents is None else parents)
 
-    p = add("serve", "run a local Tinker-compatible checkpoint server in the foreground (Ctrl-C stops it)")
+    p = add("serve", "run a local Tinker-compatible checkpoint server in the foreground (Ctrl-C stops it)",
+            parents=[_local_options()])
     p.add_argument("--root", required=True, metavar="DIR", help="directory holding the checkpoints")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port to bind (default: a free one)")
     p.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
+    p.add_argument("--export-size", type=_positive_int, metavar="BYTES",
+                   help="make each save_weights_external write an adapter weights file of about BYTES (benchmarks)")
     p.set_defaults(func=cmd_serve)
 
     p = add("demo", "run the save/resume demo against a throw-away local server")
     p.set_defaults(func=cmd_demo)
 
-    p = add("info", "describe a checkpoint: base model, LoRA rank, trained layers")
-    p.add_argument("path", metavar="PATH", help="tinker://<run_id>/weights/<name>")
+    p = add("info", "describe a checkpoint: type, size, created, expires, public, metadata, base model, LoRA rank")
+    p.add_argument("path", metavar="PATH", help="tinker://<run_id>/<weights|sampler_weights|external_weights>/<name>")
     p.set_defaults(func=cmd_info)
 
     p = add("list", "list the checkpoints of a run, or all of yours")
     p.add_argument("--run", metavar="RUN", help="training run id (default: every run)")
     p.add_argument("--limit", type=_positive_int, metavar="N", help="show at most N checkpoints")
+    p.add_argument("--type", choices=CHECKPOINT_TYPES, help="only checkpoints of this type")
     p.set_defaults(func=cmd_list)
 
     p = add("delete", "delete checkpoints by path, or a run's checkpoints by creation time")
@@ -236,13 +268,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("n", type=_positive_int, metavar="N", help="how many of the newest to keep (>= 1)")
     p.add_argument("--run", required=True, metavar="RUN", help="training run id")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted; delete nothing")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_keep_last)
+
+    p = add("prune", "delete old checkpoints of a run or of every run; published ones are spared")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", metavar="RUN", help="prune this training run")
+    g.add_argument("--all-runs", action="store_true", help="prune every run's checkpoints")
+    p.add_argument("--keep-last", type=_count, metavar="N", help="keep the newest N of each run and type")
+    p.add_argument("--older-than", type=_duration, metavar="DURATION",
+                   help="delete only checkpoints older than DURATION (e.g. 36h, 7d, 2w; a bare number is seconds)")
+    p.add_argument("--type", choices=CHECKPOINT_TYPES, help="prune only checkpoints of this type (default: all)")
+    p.add_argument("--include-published", action="store_true", help="also delete published checkpoints")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted; delete nothing")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_prune)
+
+    p = add("publish", "make a checkpoint public")
+    p.add_argument("path", metavar="PATH", help="tinker:// path of the checkpoint")
+    p.set_defaults(func=cmd_publish, public=True)
+
+    p = add("unpublish", "make a public checkpoint private again")
+    p.add_argument("path", metavar="PATH", help="tinker:// path of the checkpoint")
+    p.set_defaults(func=cmd_publish, public=False)
+
+    p = add("usage", "show your checkpoint storage: count, size and estimated cost")
+    p.add_argument("--project", metavar="ID", help="only this project")
+    p.set_defaults(func=cmd_usage)
 
     p = add("ttl", "set or remove a checkpoint's expiry")
     p.add_argument("path", metavar="PATH", help="tinker:// path of the checkpoint")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--set", type=_seconds, metavar="SECONDS", dest="ttl_seconds", help="expire SECONDS from now")
     g.add_argument("--remove", action="store_true", help="never expire")
+    p.add_argument("--dry-run", action="store_true", help="show the change; change nothing")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_ttl)
 
     p = add("download", "download, verify and extract a checkpoint archive (resumes an interrupted download)")
@@ -320,9 +380,9 @@ def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         if not out.json:
-            serve_forever(args.root, args.host, args.port, api_key)
+            serve_forever(args.root, args.host, args.port, api_key, **_serve_options(args))
             return EXIT_OK
-        server = LocalServer(args.root, args.host, args.port, api_key)
+        server = LocalServer(args.root, args.host, args.port, api_key, **_serve_options(args))
         server.bind()
         try:
             # One line, so a supervisor can read the URL with a single readline().
@@ -344,6 +404,10 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _serve_options(args: argparse.Namespace) -> Dict[str, Any]:
+    return {} if args.export_size is None else {"export_size": args.export_size}
+
+
 def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
     """Run ``demo.main()``; with --json its narration goes to stderr and stdout gets ``{"ok": ...}``."""
     from . import demo
@@ -357,11 +421,17 @@ def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_info(args: argparse.Namespace, out: _Output) -> int:
-    """Describe one checkpoint."""
+    """Describe one checkpoint: what the official ``checkpoint info`` shows, plus the weights info."""
+    tp = parse_path(args.path, training=False)
     with _service(args) as service:
-        info = checkpoints.get_weights_info(service, args.path).result()
-    data = {
-        "tinker_path": args.path,
+        info = checkpoints.get_weights_info(service, args.path).result()  # a missing checkpoint is a 404 here
+        listed = checkpoints.list_checkpoints(service, tp.run_id).result()
+        found = [c for c in listed if c.tinker_path == str(tp)]
+        if not found:  # pragma: no cover - deleted between the two requests
+            raise _Exit(EXIT_FAILURE, "checkpoint %s not found in the listing of run %s" % (tp, tp.run_id),
+                        "NotFoundError")
+    ckpt = found[0]
+    data = dict(ckpt.to_json(), **{
         "base_model": info.base_model,
         "is_lora": info.is_lora,
         "lora_rank": info.lora_rank,
@@ -369,9 +439,15 @@ def cmd_info(args: argparse.Namespace, out: _Output) -> int:
         "train_mlp": info.train_mlp,
         "train_attn": info.train_attn,
         "optimizer": info.optimizer,
-    }
+    })
     rows = [
-        ["path", args.path],
+        ["path", ckpt.tinker_path],
+        ["type", ckpt.checkpoint_type],
+        ["size", _size(ckpt.size_bytes)],
+        ["created", _when(ckpt.time)],
+        ["expires", _when(ckpt.expires_at)],
+        ["public", _yes_no(ckpt.public)],
+        ["metadata", json.dumps(ckpt.user_metadata, sort_keys=True) if ckpt.user_metadata else "-"],
         ["base model", info.base_model],
         ["LoRA", _yes_no(info.is_lora)],
         ["LoRA rank", "-" if info.lora_rank is None else str(info.lora_rank)],
@@ -386,20 +462,24 @@ def cmd_info(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _checkpoint_rows(listed: Sequence[CheckpointInfo]) -> str:
-    rows = [[c.tinker_path, c.checkpoint_type, _when(c.time), _size(c.size_bytes), _when(c.expires_at)]
-            for c in listed]
-    return _table(rows, ["PATH", "TYPE", "CREATED", "SIZE", "EXPIRES"])
+    rows = [[c.tinker_path, c.checkpoint_type, _when(c.time), _size(c.size_bytes), _when(c.expires_at),
+             _yes_no(c.public)] for c in listed]
+    return _table(rows, ["PATH", "TYPE", "CREATED", "SIZE", "EXPIRES", "PUBLIC"])
 
 
 def cmd_list(args: argparse.Namespace, out: _Output) -> int:
     """List checkpoints."""
     with _service(args) as service:
-        listed = checkpoints.list_checkpoints(service, args.run, limit=args.limit).result()
+        if args.run is None:
+            listed = checkpoints.list_user_checkpoints(service, type=args.type, limit=args.limit).result()
+        else:
+            listed = checkpoints.list_checkpoints(service, args.run).result()
+            listed = [c for c in listed if args.type is None or c.checkpoint_type == args.type][: args.limit]
     total = sum(c.size_bytes or 0 for c in listed)
     if listed:
         human = "%s\n\n%d checkpoint(s), %s" % (_checkpoint_rows(listed), len(listed), _size(total))
     else:
-        human = "no checkpoints" + (" in run %s" % args.run if args.run else "")
+        human = "no %scheckpoints" % ("%s " % args.type if args.type else "") + (" in run %s" % args.run if args.run else "")
     out.result(human, {"checkpoints": [c.to_json() for c in listed]})
     return EXIT_OK
 
@@ -438,13 +518,13 @@ def _confirm(out: _Output, what: str, yes: bool) -> None:
     if yes:
         return
     if not _isatty(out.stdin):
-        raise _Exit(EXIT_USAGE, "refusing to %s without --yes: stdin is not a terminal to confirm on" % what,
-                    "UsageError")
+        raise _Exit(EXIT_USAGE, "refusing to %s without --yes: stdin is not a terminal to confirm on; "
+                    "nothing was changed (pass --yes to go ahead, or --dry-run to preview)" % what, "UsageError")
     out.stderr.write("%s%s? [y/N] " % (what[0].upper(), what[1:]))
     out.stderr.flush()
     answer = out.stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
-        raise _Exit(EXIT_FAILURE, "aborted; nothing was deleted", "Aborted")
+        raise _Exit(EXIT_FAILURE, "aborted; nothing was changed", "Aborted")
 
 
 def cmd_delete(args: argparse.Namespace, out: _Output) -> int:
@@ -484,6 +564,16 @@ def cmd_delete(args: argparse.Namespace, out: _Output) -> int:
 def cmd_keep_last(args: argparse.Namespace, out: _Output) -> int:
     """Apply a keep-newest-N retention to one run."""
     with _service(args) as service:
+        if not args.dry_run and not args.yes:
+            plan = checkpoints.keep_last(service, args.run, args.n, dry_run=True).result()
+            doomed = [o.path for o in plan.deletes.outcomes]
+            if not doomed:
+                out.result("run %s has %d training checkpoint(s); nothing to delete" % (args.run, len(plan.kept)),
+                           plan.to_json())
+                return EXIT_OK
+            if _isatty(out.stdin):
+                out.note("\n".join("  %s" % p for p in doomed))
+            _confirm(out, "delete %d checkpoint(s) of run %s" % (len(doomed), args.run), args.yes)
         try:
             result = checkpoints.keep_last(service, args.run, args.n, dry_run=args.dry_run).result()
         except CheckpointDeleteError as exc:
@@ -502,16 +592,86 @@ def cmd_keep_last(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_ttl(args: argparse.Namespace, out: _Output) -> int:
-    """Set or remove a checkpoint's expiry."""
+    """Set or remove a checkpoint's expiry (asks first: an expiry is a scheduled delete)."""
     ttl = None if args.remove else args.ttl_seconds
+    path = str(parse_path(args.path, training=False))
+    run_id = parse_path(path, training=False).run_id
+    change = "remove the expiry of %s" % path if ttl is None else "make %s expire in %d s" % (path, ttl)
     with _service(args) as service:
+        if args.dry_run:
+            listed = checkpoints.list_checkpoints(service, run_id).result()
+            exists = any(c.tinker_path == path for c in listed)
+            human = "dry run: would %s; nothing was changed" % change if exists else (
+                "dry run: %s does not exist; nothing was changed" % path)
+            out.result(human, {"tinker_path": args.path, "ttl_seconds": ttl, "dry_run": True, "exists": exists})
+            return EXIT_OK if exists else EXIT_FAILURE
+        _confirm(out, change, args.yes)
         checkpoints.set_checkpoint_ttl(service, args.path, ttl).result()
     if ttl is None:
         human = "%s: expiry removed; it is kept until deleted" % args.path
     else:
         expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=ttl)
         human = "%s: expires in %d s (around %s)" % (args.path, ttl, _when(expires))
-    out.result(human, {"tinker_path": args.path, "ttl_seconds": ttl})
+    out.result(human, {"tinker_path": args.path, "ttl_seconds": ttl, "dry_run": False})
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, out: _Output) -> int:
+    """Delete old checkpoints of a run or of every run, by the library's plan (checkpoints.plan_prune)."""
+    if args.keep_last is None and args.older_than is None:
+        raise UsageError("give --keep-last N, --older-than DURATION or both; prune with neither would delete everything")
+    options = dict(run_id=args.run, keep_last=args.keep_last, older_than=args.older_than, type=args.type,
+                   include_published=args.include_published)
+    scope = "run %s" % args.run if args.run else "all runs"
+    with _service(args) as service:
+        plan = checkpoints.prune(service, dry_run=True, **options).result()
+        doomed = [o.path for o in plan.deletes.outcomes]
+        result = plan
+        if doomed and not args.dry_run:
+            if not args.yes and _isatty(out.stdin):
+                out.note("\n".join("  %s" % p for p in doomed))
+            _confirm(out, "delete %d checkpoint(s) of %s" % (len(doomed), scope), args.yes)
+            try:  # exactly what was shown, not a new plan
+                deleted = checkpoints.delete_checkpoints(service, doomed).result()
+            except CheckpointDeleteError as exc:
+                if exc.report is None:
+                    raise
+                deleted = exc.report
+            result = PruneReport(run_id=args.run, kept=plan.kept, spared=plan.spared, deletes=deleted)
+    lines = ["%-12s  %s  (%s)" % ("keep", c.tinker_path, _when(c.time)) for c in result.kept]
+    lines += ["%-12s  %s  (published; --include-published deletes it)" % ("spare", c.tinker_path)
+              for c in result.spared]
+    if doomed:
+        lines += _report_lines(result.deletes)
+    else:
+        lines += ["", "nothing to delete in %s (%d kept, %d published spared)" % (scope, len(result.kept),
+                                                                                   len(result.spared))]
+    out.result("\n".join(lines).lstrip("\n"), result.to_json())
+    return _report_exit(result.deletes)
+
+
+def cmd_publish(args: argparse.Namespace, out: _Output) -> int:
+    """Publish or unpublish a checkpoint."""
+    fn = checkpoints.publish_checkpoint if args.public else checkpoints.unpublish_checkpoint
+    with _service(args) as service:
+        fn(service, args.path).result()
+    out.result("%s is now %s" % (args.path, "public" if args.public else "private"),
+               {"tinker_path": args.path, "public": args.public})
+    return EXIT_OK
+
+
+def cmd_usage(args: argparse.Namespace, out: _Output) -> int:
+    """Show checkpoint storage."""
+    with _service(args) as service:
+        usage = checkpoints.get_checkpoint_storage_usage(service, project_id=args.project).result()
+    rows = [[i.project_id or "-", i.user_email or i.user_name or i.org_user_urn or "-", str(i.checkpoint_count),
+             _size(i.size_bytes), "-" if i.estimated_monthly_cost_usd is None else "$%.2f" % i.estimated_monthly_cost_usd]
+            for i in usage.data]
+    rate = usage.effective_rate_usd_per_gigabyte_month
+    human = "%s\n\n%d checkpoint(s), %s%s" % (
+        _table(rows, ["PROJECT", "OWNER", "CHECKPOINTS", "SIZE", "EST. MONTHLY"]), usage.checkpoint_count,
+        _size(usage.size_bytes), "" if rate is None else "; rate $%.4f per GB-month" % rate)
+    out.result(human, usage.to_json())
     return EXIT_OK
 
 

@@ -283,6 +283,32 @@ class RetentionReport:
 
 
 @attrs.frozen(kw_only=True)
+class PruneReport:
+    """Outcome of :func:`~tinkex_persist.checkpoints.prune`: what was kept, spared (published) and deleted."""
+
+    run_id: Optional[str]
+    """The run pruned, or None for every run."""
+    kept: Tuple[CheckpointInfo, ...]
+    """Checkpoints kept by the rules (newest first)."""
+    spared: Tuple[CheckpointInfo, ...]
+    """Published checkpoints the rules would delete, left alone (``include_published`` deletes them)."""
+    deletes: DeleteReport
+
+    @property
+    def dry_run(self) -> bool:
+        return self.deletes.dry_run
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "kept": [c.to_json() for c in self.kept],
+            "spared_published": [c.to_json() for c in self.spared],
+            "results": [o.to_json() for o in self.deletes.outcomes],
+        }
+
+
+@attrs.frozen(kw_only=True)
 class DownloadProgress:
     """A progress report of :func:`~tinkex_persist.download_checkpoint`, passed to its ``progress`` callback.
 
