@@ -4,6 +4,7 @@ Each response (status line, headers and body) goes out in a single ``sendall`` o
 otherwise keep-alive requests stall ~40 ms on delayed ACK.
 """
 
+import base64
 import hashlib
 import hmac
 import json
@@ -141,6 +142,10 @@ class Handler(BaseHTTPRequestHandler):
             key = self.headers.get("X-API-Key") or ""
             if local.api_key is not None and not hmac.compare_digest(key.encode(), local.api_key.encode()):
                 return self._fail(401, "missing or wrong X-API-Key", close=True)
+        if route is not None and route[1] in _OPTIONAL_ROUTES:
+            flag = _OPTIONAL_ROUTES[route[1]]
+            if not getattr(local.options, flag):
+                route, allowed = None, []  # switched off: the server plays one without this route
         if route is None:
             if allowed:
                 return self._fail(405, "method %s not allowed on %s" % (method, url.path), close=True)
@@ -350,7 +355,12 @@ class FileBody:
 
 
 def _external_urls(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
-    return s.external_urls(_ckpt(g), h.server.local.url)  # type: ignore[attr-defined]
+    base = h.server.local.url  # type: ignore[attr-defined]
+    host = h.headers.get("Host") or ""
+    if re.fullmatch(r"(127\.0\.0\.1|localhost|\[::1\]):\d+", host):
+        # Signed URLs name the address the client used (a loopback proxy in front of the server, say).
+        base = "%s://%s" % (urlsplit(base).scheme, host)
+    return s.external_urls(_ckpt(g), base)
 
 
 def _signed_file(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
@@ -359,7 +369,10 @@ def _signed_file(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str
         _ckpt(g), g["file"], params.get("expires", [""])[0], params.get("token", [""])[0]
     )
     size = entry["files"][g["file"]]["size"]
-    headers = {"Accept-Ranges": "bytes", "ETag": '"%s"' % entry["files"][g["file"]]["sha256"]}
+    digest = entry["files"][g["file"]]["sha256"]
+    # The whole file's digest (RFC 9530), on every answer, a Range answer included: the client checks it.
+    headers = {"Accept-Ranges": "bytes", "ETag": '"%s"' % digest,
+               "Repr-Digest": "sha-256=:%s:" % base64.b64encode(bytes.fromhex(digest)).decode("ascii")}
     rng = _parse_range(h.headers.get("Range"), size)
     if rng is None:
         return 200, FileBody(local, 0, size), headers
@@ -440,3 +453,6 @@ ROUTES: List[Tuple[str, Pattern[str], Optional[type], Any]] = [
 
 #: Handlers of signed URLs: they check their own signature instead of the API key.
 _SIGNED_ROUTES = (_download, _signed_file)
+#: Routes a server option can switch off (``ServerOptions`` field that keeps them).
+_OPTIONAL_ROUTES = {_archive_url: "archive_route", "save_weights_external": "external_weights",
+                    _external_urls: "external_weights"}

@@ -87,6 +87,11 @@ class ServerOptions:
     #: Size in bytes of the adapter weights file each ``save_weights_external`` writes (padded up to it, for
     #: download benchmarks); None: just the weights.
     export_size: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))
+    #: Serve ``GET .../archive`` (the pre-0.38 download); False plays a service that dropped it.
+    archive_route: bool = attrs.field(default=True, validator=_bool)
+    #: Serve ``save_weights_external`` and ``external_weights_urls``; False plays an older service that has only
+    #: the archive route (both answer 404).
+    external_weights: bool = attrs.field(default=True, validator=_bool)
     #: Lifetime of the signed URLs of ``external_weights_urls``, in seconds.
     external_url_ttl: float = attrs.field(default=DEFAULT_ARCHIVE_URL_TTL, validator=_positive)
     #: Largest accepted request body, in bytes; larger ones get 413.
