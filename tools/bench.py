@@ -5,6 +5,7 @@ measurements; figures are medians and p90 with the number of runs. Usage::
 
     python tools/bench.py            # full run (a few minutes; builds two throw-away venvs)
     python tools/bench.py --quick    # < 60 s; footprint from the installed distributions instead
+    python tools/bench.py --only downloads [--download-size BYTES]   # the download section alone
 """
 
 import argparse
@@ -462,14 +463,185 @@ def store_save_scaling(saves: int) -> Tuple[float, float]:
     return statistics.median(times[:k]), statistics.median(times[-k:])
 
 
+# --------------------------------------------------------------------------- 7. big downloads
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0  # pragma: no cover - not Linux
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0  # pragma: no cover - not Linux
+
+
+def raw_fetch(urls: Dict[str, str], dest: str) -> int:
+    """The floor: one ``http.client`` connection per file, 1 MiB reads, sha256 and write of each read."""
+    import hashlib
+    import http.client
+    from urllib.parse import urlsplit
+
+    total = 0
+    for name, url in sorted(urls.items()):
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        conn.request("GET", parts.path + "?" + parts.query)
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.status
+        h = hashlib.sha256()
+        with open(os.path.join(dest, name), "wb", buffering=0) as f:
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                f.write(chunk)
+                total += len(chunk)
+        conn.close()
+    return total
+
+
+def download_worker(mode: str, url: str, path: str, dest: str) -> None:
+    """Child process: one download (``ours`` or ``raw``) of ``path``; prints seconds, bytes and RSS growth as JSON."""
+    svc = tp.ServiceClient(base_url=url, api_key=DEMO_KEY, heartbeat_interval=None)
+    tp.get_weights_info(svc, path).result()  # both start with a warm connection to the API
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    if mode == "raw":
+        urls = tp.get_external_weights_urls(svc, path).result().urls  # the raw loop needs the URLs too
+        os.makedirs(dest, exist_ok=True)
+        n = raw_fetch(urls, dest)
+    elif mode == "cut":  # stop at 50 %, as a killed process would
+        def stop(p: object) -> None:
+            if getattr(p, "bytes_done", 0) * 2 >= (getattr(p, "bytes_total", None) or size):
+                print(json.dumps({"done_at_cut": getattr(p, "bytes_done")}), flush=True)
+                os._exit(3)
+
+        size = int(os.environ.get("TP_BENCH_SIZE", "0"))
+        tp.download_checkpoint(svc, path, dest, progress=stop).result()
+        n = 0
+    else:
+        n = tp.download_checkpoint(svc, path, dest).result().bytes_fetched
+    dt = time.perf_counter() - t0
+    print(json.dumps({"seconds": dt, "bytes": n, "rss_growth_mb": _peak_rss_mb() - base}), flush=True)
+    os._exit(0)
+
+
+def _run_json(argv: List[str], env: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, object], float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 3):
+        raise RuntimeError("%s failed (%d): %s" % (argv[:4], proc.returncode, proc.stderr[-1500:]))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{") and line.endswith("}")]
+    return proc.returncode, (json.loads(lines[-1]) if lines else {}), wall
+
+
+def downloads(size: int, rounds: int) -> Dict[str, object]:
+    """Interleaved rounds on one export of ``size`` bytes: transfer (ours vs raw), end to end (ours vs official CLI)."""
+    server = ServerProcess(export_size=size)
+    scratch = scratch_root()
+    me = [sys.executable, os.path.abspath(__file__)]
+    ours_cli = [sys.executable, "-m", "tinkex_persist"]
+    tinker_cli = os.path.join(os.path.dirname(sys.executable), "tinker")
+    env = dict(os.environ, TINKER_API_KEY=DEMO_KEY, TINKER_BASE_URL=server.url, TINKER_TELEMETRY="0")
+    out: Dict[str, List[float]] = {"ours transfer": [], "raw transfer": [], "ours end to end": [],
+                                   "official end to end": [], "rss": []}
+    try:
+        with tp.ServiceClient(base_url=server.url, api_key=DEMO_KEY, heartbeat_interval=None) as svc:
+            tc = svc.create_lora_training_client(BASE, rank=8).result()
+            training = tp.save_state(tc, "big").result().path
+            export = tc.save_weights_external("big").result()
+            external, total = export.path, export.size_bytes or size
+        for i in range(rounds):
+            for label in ("ours transfer", "raw transfer", "ours end to end", "official end to end"):
+                dest = os.path.join(scratch, "r%d-%s" % (i, label.replace(" ", "-")))
+                if label == "ours transfer":
+                    _, data, _ = _run_json(me + ["--download-worker", "ours", server.url, external, dest])
+                    out[label].append(float(data["seconds"]))  # type: ignore[arg-type]
+                    out["rss"].append(float(data["rss_growth_mb"]))  # type: ignore[arg-type]
+                elif label == "raw transfer":
+                    _, data, _ = _run_json(me + ["--download-worker", "raw", server.url, external, dest])
+                    out[label].append(float(data["seconds"]))  # type: ignore[arg-type]
+                elif label == "ours end to end":
+                    _, _, wall = _run_json(ours_cli + ["--base-url", server.url, "download", training, "--dest", dest,
+                                                       "--json"], env)
+                    out[label].append(wall)
+                elif HAVE_SDK and os.path.exists(tinker_cli):
+                    _, _, wall = _run_json([tinker_cli, "--format", "json", "checkpoint", "download", training,
+                                            "--output", dest], env)
+                    out[label].append(wall)
+                shutil.rmtree(dest, ignore_errors=True)
+        # A cut at 50 % (the process exits at once), then a second process resumes.
+        dest = os.path.join(scratch, "cut")
+        _, cut, _ = _run_json(me + ["--download-worker", "cut", server.url, external, dest],
+                              dict(os.environ, TP_BENCH_SIZE=str(total)))
+        _, resumed, _ = _run_json(me + ["--download-worker", "ours", server.url, external, dest])
+        refetched = int(cut.get("done_at_cut", 0)) + int(resumed["bytes"]) - total  # type: ignore[call-overload]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        server.close()
+    return {"size": total, "rounds": rounds, "refetched": refetched, "cut_at": cut.get("done_at_cut"), **out}
+
+
 # --------------------------------------------------------------------------- report
+
+
+def report_polling(quick: bool) -> None:
+    print("\n2. Polls per save and detection delay when the server finishes after D seconds")
+    for mode, client, d, polls, lag in polling((0.05, 0.5) if quick else (0.05, 0.5, 2.0), repeats=1 if quick else 3):
+        print("  %-18s %-15s D=%-5.2f polls %6.1f   delay %7.1f ms" % (mode, client, d, polls, lag * 1e3))
+        if (mode, client, d) == ("try_again at once", "tinkex_persist", 2.0):
+            ok = polls <= 12 and lag <= 0.1 * d + 0.005
+            print("    target: pending 2 s without long-poll: <= 12 polls, delay <= 205 ms: %s" % ("met" if ok else "MISSED"))
+
+
+def report_downloads(size: int, rounds: int) -> None:
+    from tinkex_persist._external import CHUNK_SIZE
+
+    print("7. Big downloads: an export of %.1f MiB over loopback, %d interleaved round(s), each client a process"
+          % (size / 2**20, rounds))
+    r = downloads(size, rounds)
+    total = float(r["size"])  # type: ignore[arg-type]
+    ours, raw = statistics.median(r["ours transfer"]), statistics.median(r["raw transfer"])  # type: ignore[arg-type]
+    print("  transfer (signed URLs of an existing export; fetch, sha256, write):")
+    print("    tinkex_persist   %7.3f s  %7.1f MiB/s" % (ours, total / ours / 2**20))
+    print("    raw http.client  %7.3f s  %7.1f MiB/s" % (raw, total / raw / 2**20))
+    print("    ours/raw throughput %.2fx   target: >= 0.90x: %s" % (raw / ours, "met" if raw / ours >= 0.9 else "MISSED"))
+    e2e = statistics.median(r["ours end to end"])  # type: ignore[arg-type]
+    print("  end to end (CLI process: export a training checkpoint, fetch, verify, delete the export):")
+    print("    tinkex-persist download       %7.3f s" % e2e)
+    if r["official end to end"]:
+        off = statistics.median(r["official end to end"])  # type: ignore[arg-type]
+        print("    tinker checkpoint download    %7.3f s" % off)
+        print("    official/ours %.2fx   target: >= 2x: %s" % (off / e2e, "met" if off / e2e >= 2 else "MISSED"))
+    rss = max(r["rss"])  # type: ignore[type-var]
+    print("  client RSS growth during the transfer: %.1f MB   target: <= 64 MB: %s" % (rss, "met" if rss <= 64 else "MISSED"))
+    refetched = int(r["refetched"])  # type: ignore[call-overload]
+    print("  cut at 50%% (byte %s), resumed by another process: %d bytes fetched twice   target: <= one chunk (%d): %s"
+          % (r["cut_at"], refetched, CHUNK_SIZE, "met" if refetched <= CHUNK_SIZE else "MISSED"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sample sizes; finishes in under a minute")
     parser.add_argument("--latency-worker", nargs=4, metavar=("CLIENT", "URL", "PORT", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--download-worker", nargs=4, metavar=("MODE", "URL", "PATH", "DEST"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=("downloads", "polling"), help="run one section only")
+    parser.add_argument("--download-size", type=int, default=None, metavar="BYTES",
+                        help="size of the export in the download section (default: 1 GiB, 32 MiB with --quick)")
     args = parser.parse_args(argv)
+    if args.download_worker:
+        mode, url, path, dest = args.download_worker
+        download_worker(mode, url, path, dest)
+        return 0
     if args.latency_worker:
         client, url, port, path = args.latency_worker
         latency_worker(client, url, int(port), path)
@@ -481,7 +653,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "" if HAVE_SDK else " (official SDK not installed: its columns are skipped)"))
     print("mode: %s\n" % ("quick" if quick else "full"))
 
-    print("1. Per-operation latency (submit + result), median and p90, interleaved rounds")
+    if args.only in (None, "downloads"):
+        report_downloads(args.download_size or ((32 << 20) if quick else (1 << 30)), 1 if quick else 3)
+    if args.only == "downloads":
+        return 0
+    if args.only == "polling":
+        report_polling(quick)
+        return 0
+
+    print("\n1. Per-operation latency (submit + result), median and p90, interleaved rounds")
     lat = per_op_latency(rounds=15 if quick else 200)
     for op in OPS:
         print("  %s" % op)
@@ -493,9 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             line += "   official/ours %.2fx" % (statistics.median(lat["official SDK"][op]) / ours)
         print(line)
 
-    print("\n2. Polls per save and detection delay when the server finishes after D seconds")
-    for mode, client, d, polls, lag in polling((0.05, 0.5) if quick else (0.05, 0.5, 2.0), repeats=1 if quick else 3):
-        print("  %-18s %-15s D=%-5.2f polls %6.1f   delay %7.1f ms" % (mode, client, d, polls, lag * 1e3))
+    report_polling(quick)
 
     print("\n3. Throughput: saves across 20 training clients")
     total = 200 if quick else 1000
