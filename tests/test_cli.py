@@ -272,17 +272,20 @@ class TestDownload:
     """Tests for ``download``."""
 
     def test_human_and_json(self, run, seed_run, tmp_path):
-        """``download`` extracts under --dest and prints the directory and files; --json prints the result."""
+        """``download`` exports, fetches the files under --dest and prints directory, export and files; --json too."""
         _, (a, b) = seed_run(["a", "b"])
         code, out, err = run("download", a, "--dest", str(tmp_path))
         assert 0 == code
         assert "sha256 verified" in out
-        assert ["manifest.json", "optimizer.bin", "weights.bin"] == [line.strip() for line in out.splitlines()[2:]]
+        lines = out.splitlines()
+        assert lines[2].startswith("via export tinker://") and lines[2].endswith("/external_weights/download (deleted)")
+        assert ["adapter_config.json", "adapter_model.safetensors"] == [line.strip() for line in lines[3:]]
         assert "" == err  # stderr is not a terminal and --progress was not given
         code, out, _ = run("download", b, "--dest", str(tmp_path), "--json")
         data = json.loads(out)
-        assert (0, True, 0) == (code, data["sha256_verified"], data["resumed_from"])
-        assert os.path.isdir(data["directory"])
+        assert (0, True, 0, "external_weights", True) == (
+            code, data["sha256_verified"], data["resumed_from"], data["method"], data["export_deleted"])
+        assert sorted(data["file_sha256"]) == sorted(os.listdir(data["directory"]))
 
     def test_progress_goes_to_stderr(self, run, seed_run, tmp_path):
         """``--progress`` reports phases on stderr; stdout keeps only the JSON result."""
@@ -329,10 +332,10 @@ class TestConfigurationAndLogging:
         assert 0 == code
         assert "DEBUG" in err and "GET /api/v1/training_runs/" in err
         assert mgmt_service.config.api_key not in out + err
-        client_lines = [line for line in err.splitlines() if "tinkex_persist.download" in line]
+        client_lines = [line for line in err.splitlines() if "tinkex_persist._external" in line]
         assert any("/<signed>" in line for line in client_lines)
-        # The signed URL carries its credential in the path: the client logs only its origin.
-        assert [] == [line for line in client_lines if "/local/v1/archives/" in line]
+        # A signed URL carries its credential in its path and query: the client logs only its origin.
+        assert [] == [line for line in client_lines if "/signed/" in line or "token=" in line]
 
     def test_logging_is_undone_after_main(self, run):
         """main() removes its log handler, so the library stays silent afterwards."""

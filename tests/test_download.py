@@ -1,4 +1,8 @@
-"""Tests for `download_checkpoint` (redirect, 503 wait, Range resume, verification) and the safe extractor."""
+"""Tests for `download_checkpoint`'s archive route (redirect, 503 wait, Range resume, verification) and the safe extractor.
+
+The archive route serves servers that have no ``save_weights_external``: every server here is one
+(``external_weights=False``). The SDK 0.38 export download is tested in ``test_download_external.py``.
+"""
 
 import hashlib
 import io
@@ -11,8 +15,10 @@ import pytest
 import requests
 
 import tinkex_persist as tp
+from conftest import SERVER_KEY
 from faultproxy import FaultProxy
 from tinkex_persist import download, manage
+from tinkex_persist.localserver import LocalServer
 
 ARCHIVE_API = "/api/v1/training_runs/*/archive"
 SIGNED = "/local/v1/archives/*"
@@ -38,6 +44,13 @@ def _signed_responses(server, status):
 
 def _signed_requests(server):
     return sum(n for path, n in server.stats.requests.items() if path.startswith("/local/v1/archives/"))
+
+
+@pytest.fixture
+def keyed_server(tmp_path):
+    """An older server: the archive route and no ``save_weights_external``, requiring ``SERVER_KEY``."""
+    with LocalServer(tmp_path / "keyed-server", api_key=SERVER_KEY, external_weights=False) as server:
+        yield server
 
 
 @pytest.fixture
@@ -245,9 +258,9 @@ class TestDownloadCheckpoint:
             assert result.sha256 == hashlib.sha256(f.read()).hexdigest()
 
     def test_missing_checkpoint_fails_the_future(self, mgmt_service, seed_run, tmp_path):
-        """Downloading an unknown checkpoint sets NotFoundError on the Future."""
+        """Downloading an unknown checkpoint fails the Future at the export's load, naming the checkpoint."""
         run_id, _ = seed_run(["a"])
-        with pytest.raises(tp.NotFoundError):
+        with pytest.raises(tp.RequestFailedError, match="nope not found"):
             manage.download_checkpoint(mgmt_service, "tinker://%s/weights/nope" % run_id, tmp_path).result()
 
     @pytest.mark.parametrize(

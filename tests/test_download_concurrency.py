@@ -36,6 +36,16 @@ finally:
 RANKS = 4
 
 
+@pytest.fixture
+def keyed_server(tmp_path):
+    """An older server (archive route, no ``save_weights_external``): the lock is watched on the archive route,
+    whose signed requests these tests count and slow down."""
+    from tinkex_persist.localserver import LocalServer
+
+    with LocalServer(tmp_path / "keyed-server", api_key=SERVER_KEY, external_weights=False) as server:
+        yield server
+
+
 class _Proxy(FaultProxy):
     """FaultProxy that wakes its accept loop on exit."""
 

@@ -60,6 +60,6 @@ class TestNamesOutsideLatin1:
     def test_messages_do_not_carry_the_key(self, mgmt_service, seed_run, tmp_path):
         """A failed download of a non-Latin-1 name says which checkpoint, without the API key."""
         run_id, _ = seed_run(["x"])
-        with pytest.raises(tp.NotFoundError) as info:
+        with pytest.raises(tp.RequestFailedError, match="名前-missing not found") as info:
             download.download_checkpoint(mgmt_service, "tinker://%s/weights/名前-missing" % run_id, tmp_path).result()
         assert SERVER_KEY not in str(info.value)

@@ -181,6 +181,14 @@ class _Proxy(FaultProxy):
 class TestInterruptedDownload:
     """Tests for Ctrl-C while ``download_checkpoint(...).result()`` waits."""
 
+    @pytest.fixture
+    def keyed_server(self, tmp_path):
+        """An older server (archive route, no ``save_weights_external``): these tests interrupt the archive route."""
+        from tinkex_persist.localserver import LocalServer
+
+        with LocalServer(tmp_path / "root", api_key=KEY, external_weights=False) as server:
+            yield server
+
     def _saved(self, server):
         with tp.ServiceClient(server.url, KEY, heartbeat_interval=None) as service:
             tc = service.create_lora_training_client("Qwen/Qwen3-8B", rank=32).result()

@@ -419,6 +419,14 @@ ARCHIVE_API = "/api/v1/training_runs/*/archive"
 class TestDownloadUnderThePolicy:
     """Tests for the archive wait and the download resume, which follow the same policy."""
 
+    @pytest.fixture
+    def keyed_server(self, tmp_path):
+        """An older server: the archive route and no ``save_weights_external``, so downloads take the archive."""
+        from conftest import SERVER_KEY
+
+        with LocalServer(tmp_path / "keyed-server", api_key=SERVER_KEY, external_weights=False) as server:
+            yield server
+
     def test_archive_wait_honours_an_http_date(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """A 503 whose Retry-After is an HTTP date a moment ahead is waited out, then the download completes."""
         _, (path,) = seed_run(["a"])
@@ -472,6 +480,14 @@ else:
 
 class TestInterrupt:
     """Tests for Ctrl-C while a save is pending on the server: the process ends within seconds, the save not reported."""
+
+    @pytest.fixture
+    def keyed_server(self, tmp_path):
+        """An older server (archive route, no ``save_weights_external``): the download test interrupts the archive."""
+        from conftest import SERVER_KEY
+
+        with LocalServer(tmp_path / "keyed-server", api_key=SERVER_KEY, external_weights=False) as server:
+            yield server
 
     @pytest.mark.parametrize("form", ["with", "bare"])
     def test_first_ctrl_c_ends_the_process(self, tmp_path, form):

@@ -305,14 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_ttl)
 
-    p = add("download", "download, verify and extract a checkpoint archive (resumes an interrupted download)")
-    p.add_argument("path", metavar="PATH", help="tinker:// path of the checkpoint")
+    p = add("download", "download and verify a checkpoint's files (exported per SDK 0.38; resumes an interrupted download)")
+    p.add_argument("path", metavar="PATH", help="tinker:// path of a training or external_weights checkpoint")
     p.add_argument("--dest", default=".", metavar="DIR",
-                   help="extract under DIR/<run_id>/<kind>/<name> (default: current directory)")
-    p.add_argument("--overwrite", action="store_true", help="replace an already extracted copy")
-    p.add_argument("--keep-archive", action="store_true", help="keep the verified .tar next to the directory")
+                   help="place the files under DIR/<run_id>/<kind>/<name> (default: current directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an already downloaded copy")
+    p.add_argument("--keep-archive", action="store_true",
+                   help="archive route only: keep the verified .tar next to the directory")
     p.add_argument("--wait", type=float, default=download.DEFAULT_ARCHIVE_WAIT, metavar="SECONDS",
-                   help="longest wait for the archive to be built (default %(default)s)")
+                   help="archive route only: longest wait for the archive to be built (default %(default)s)")
+    p.add_argument("--max-resumes", type=int, default=download.DEFAULT_DOWNLOAD_RESUMES, metavar="N",
+                   help="Range resumes per file in this run after a transfer breaks off (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="files fetched at once (default %(default)s)")
     p.set_defaults(func=cmd_download)
 
     p = add("runs", "list your training runs, or describe one")
@@ -691,11 +695,13 @@ class _ProgressPrinter:
         if not self.out.progress:
             return
         now = time.monotonic()
-        final = p.phase in ("verifying", "extracting", "done")
+        final = p.phase in ("exporting", "verifying", "extracting", "done")
         if not final and now - self.last < (0.2 if self.tty else 1.0):
             return
         self.last = now
-        if p.phase == "waiting":
+        if p.phase == "exporting":
+            text = "exporting the checkpoint as external weights (a new run is loaded from it)"
+        elif p.phase == "waiting":
             text = "waiting for the server to build the archive (%.0f s)" % p.waited
         elif p.phase == "downloading":
             rate = (p.bytes_done - p.resumed_from) / p.elapsed if p.elapsed > 0 else 0.0
@@ -719,12 +725,13 @@ class _ProgressPrinter:
 
 
 def cmd_download(args: argparse.Namespace, out: _Output) -> int:
-    """Download, verify and extract a checkpoint archive."""
+    """Download and verify a checkpoint's files (the archive route only against an older server)."""
     cancel = threading.Event()
     printer = _ProgressPrinter(out, cancel)
     with _service(args) as service:
         future = download.download_checkpoint(service, args.path, args.dest, overwrite=args.overwrite,
-                                            keep_archive=args.keep_archive, wait_timeout=args.wait, progress=printer)
+                                            keep_archive=args.keep_archive, wait_timeout=args.wait, progress=printer,
+                                            max_resumes=args.max_resumes, max_concurrency=args.concurrency)
         try:
             result = future.result()
         except KeyboardInterrupt:
@@ -736,9 +743,18 @@ def cmd_download(args: argparse.Namespace, out: _Output) -> int:
             printer.finish()
     verified = "sha256 verified" if result.sha256_verified else "size checked (server sent no sha256)"
     resumed = ", resumed at byte %d" % result.resumed_from if result.resumed_from else ""
-    human = "%s -> %s\n%d file(s), archive %s (%s fetched%s), %s\n%s" % (
-        result.tinker_path, result.directory, len(result.files), _size(result.archive_bytes),
-        _size(result.bytes_fetched), resumed, verified, "\n".join("  " + f for f in result.files))
+    if result.method == "archive":
+        how = "archive %s" % _size(result.archive_bytes)
+    else:
+        how = "%s" % _size(result.archive_bytes)
+    lines = ["%s -> %s" % (result.tinker_path, result.directory),
+             "%d file(s), %s (%s fetched%s), %s" % (len(result.files), how, _size(result.bytes_fetched), resumed, verified)]
+    if result.export_path:
+        lines.append("via export %s (%s%s)" % (result.export_path, "reused, " if result.export_reused else "",
+                                               "deleted" if result.export_deleted else "not deleted: it expires by its TTL"))
+    elif result.method == "archive":
+        lines.append("via the archive route (the server has no save_weights_external)")
+    human = "\n".join(lines + ["  " + f for f in result.files])
     out.result(human, result.to_json())
     return EXIT_OK
 

@@ -364,6 +364,21 @@ class ServiceClient:
         metadata = _metadata(user_metadata, values_str=False)
         token = _token(weights_access_token)
         model_seq_id = self._allocate_model_seq()
+        return self._submit(
+            self._load_from_state, model_seq_id, path, optimizer, base_model, metadata, token, optimizer_config
+        )
+
+    def _load_from_state(
+        self,
+        model_seq_id: int,
+        path: str,
+        optimizer: bool,
+        base_model: Optional[str],
+        metadata: Optional[Dict[str, Any]],
+        token: Optional[str],
+        optimizer_config: Optional[_wire.OptimizerConfig] = None,
+    ) -> "TrainingClient":
+        """Inside a worker: a new model in this session, loaded from ``path`` (session-addressed ``load_weights``)."""
         transport = self._transport
 
         def attempt(session_id: str) -> TrainingClient:
@@ -393,7 +408,7 @@ class ServiceClient:
                 model_id = result.model_id
             return TrainingClient(self, model_id, base_model=base_model, next_seq_id=1, session_id=session_id)
 
-        return self._submit(self._in_session, attempt)
+        return self._in_session(attempt)
 
     def _from_state_legacy(
         self,
@@ -923,6 +938,23 @@ class Runner:
     def submit(self, fn: Callable[..., T], *args: Any) -> "concurrent.futures.Future[T]":
         """Run ``fn(*args)`` on the service client's pool; raises :class:`UsageError` once it is closed."""
         return self._service._submit(fn, *args)
+
+    def export_external(self, path: str, name: str, ttl_seconds: Optional[int], user_metadata: Dict[str, Any]) -> str:
+        """Inside a worker, synchronously: start a run from training checkpoint ``path`` (weights only) and
+        export its weights with ``save_weights_external`` as ``name``; return the export's ``tinker://`` path.
+
+        The requests are those of SDK 0.38's ``tinker checkpoint download``: session-addressed
+        ``load_weights``, its poll, ``save_weights_external`` (seq_id 1), its poll. No pool task is waited for.
+        """
+        service = self._service
+        tc = service._load_from_state(service._allocate_model_seq(), path, False, None, dict(user_metadata), None)
+
+        def make(seq_id: int) -> _wire.SaveWeightsExternalRequest:
+            return _wire.SaveWeightsExternalRequest(model_id=tc.model_id, path=name, seq_id=seq_id, ttl_seconds=ttl_seconds)
+
+        submission = tc._queue.enqueue("/save_weights_external", make)
+        result = tc._finish(submission, _wire.SaveWeightsExternalResponse, "SaveWeightsExternal")
+        return result.path or "tinker://%s/external_weights/%s" % (tc.model_id, name)
 
 
 def runner_of(service: Any) -> Runner:

@@ -1,6 +1,7 @@
-"""Download of a checkpoint archive: wait for the archive URL, resumable ranged transfer, verification.
+"""Download of a checkpoint: the SDK 0.38 export with signed per-file URLs (``_external``), or the archive.
 
-The archive is extracted with :func:`tinkex_persist._archive.safe_extract`, which refuses unsafe members.
+The archive route (wait for the archive URL, resumable ranged transfer, verification, extraction with
+:func:`tinkex_persist._archive.safe_extract`) is used only when the server has no ``save_weights_external``.
 """
 
 import concurrent.futures
@@ -18,12 +19,12 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from . import _ops, _paths
+from . import _external, _ops, _paths
 from ._archive import safe_extract
 from ._paths import TinkerPath, parse_path
 from ._retry import Deadline, Retry, attach
 from ._transport import PERMANENT, UNREACHABLE, USER_AGENT, Transport, describe_failure, read_pieces, status_error
-from .client import ServiceClient, runner_of
+from .client import Runner, ServiceClient, runner_of
 from .config import is_loopback_host
 from .exceptions import (
     APIConnectionError,
@@ -409,6 +410,7 @@ class _DestinationLock:
             if data.get("tinker_path") != str(tp) or data.get("directory") != target:
                 return None
             archive_path = data.get("archive_path")
+            sha256 = data.get("sha256")
             return DownloadResult(
                 tinker_path=str(tp),
                 directory=target,
@@ -416,10 +418,14 @@ class _DestinationLock:
                 bytes_fetched=0,
                 resumed_from=0,
                 range_requests=0,
-                sha256=str(data["sha256"]),
+                sha256=sha256 if isinstance(sha256, str) else None,
                 sha256_verified=bool(data["sha256_verified"]),
                 files=tuple(str(f) for f in data["files"]),
                 archive_path=archive_path if isinstance(archive_path, str) and os.path.exists(archive_path) else None,
+                method=str(data.get("method", "archive")),
+                export_path=data.get("export_path") if isinstance(data.get("export_path"), str) else None,
+                export_deleted=bool(data.get("export_deleted", False)),
+                file_sha256={str(k): str(v) for k, v in (data.get("file_sha256") or {}).items()},
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -433,7 +439,7 @@ class _DestinationLock:
 
 
 def _download(
-    transport: Transport,
+    runner: Runner,
     tp: TinkerPath,
     dest_dir: str,
     overwrite: bool,
@@ -441,13 +447,14 @@ def _download(
     wait: float,
     resumes: int,
     progress: Optional[ProgressCallback],
+    concurrency: int = _external.DEFAULT_CONCURRENCY,
 ) -> DownloadResult:
     target = os.path.join(dest_dir, tp.run_id, tp.kind, tp.name)
     existed = os.path.lexists(target)
     if existed and not overwrite:
         raise FileExistsError("%s already exists; pass overwrite=True (--overwrite) to replace it" % target)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    lock = _DestinationLock(target, transport.stopping)
+    lock = _DestinationLock(target, runner.transport.stopping)
     while True:
         try:
             current = lock.acquire()
@@ -465,7 +472,7 @@ def _download(
                 return found
             if not current:
                 continue  # the file we locked was removed by a holder that finished: lock the new one
-            result = _download_locked(transport, tp, target, keep_archive, wait, resumes, progress)
+            result = _download_locked(runner, tp, target, overwrite, keep_archive, wait, resumes, progress, concurrency)
             lock.finish(result)
             return result
         finally:
@@ -473,6 +480,25 @@ def _download(
 
 
 def _download_locked(
+    runner: Runner,
+    tp: TinkerPath,
+    target: str,
+    overwrite: bool,
+    keep_archive: bool,
+    wait: float,
+    resumes: int,
+    progress: Optional[ProgressCallback],
+    concurrency: int,
+) -> DownloadResult:
+    """Under the destination's lock: the 0.38 export download, or the archive when the server has no export."""
+    try:
+        return _external.download(runner, tp, target, overwrite, resumes, concurrency, progress)
+    except _external.NoExport as exc:
+        logger.info("the server has no save_weights_external (%s); downloading the archive of %s instead", exc, tp)
+    return _download_archive_into(runner.transport, tp, target, keep_archive, wait, resumes, progress)
+
+
+def _download_archive_into(
     transport: Transport,
     tp: TinkerPath,
     target: str,
@@ -561,40 +587,52 @@ def download_checkpoint(
     wait_timeout: float = DEFAULT_ARCHIVE_WAIT,
     max_resumes: int = DEFAULT_DOWNLOAD_RESUMES,
     progress: Optional[ProgressCallback] = None,
+    max_concurrency: int = _external.DEFAULT_CONCURRENCY,
 ) -> "concurrent.futures.Future[DownloadResult]":
-    """Download a checkpoint's archive, verify it and extract it into ``<dest_dir>/<run_id>/<kind>/<name>``.
+    """Download a checkpoint's files, verified, into ``<dest_dir>/<run_id>/<kind>/<name>``, as SDK 0.38 does.
 
-    The API answers ``GET .../checkpoints/<kind>/<name>/archive`` with a redirect to a signed URL; that URL
-    is fetched with a bare request that never carries the API key. While the archive is being built the
-    API answers 503: the call waits (``Retry-After``, else back-off) up to ``wait_timeout`` seconds,
-    reporting ``waiting`` progress. A transfer that breaks off is resumed with HTTP Range, up to
-    ``max_resumes`` times in this call; after that the partial file (``<target>.tar.part``) stays and the
-    next call resumes from it. The size and, when the server sends one, the sha256 are checked before
-    anything is extracted; extraction refuses absolute paths, ``..``, links and special files.
+    A training checkpoint (``tinker://<run>/weights/<name>``) is exported first: a new run is loaded from
+    it and ``save_weights_external`` writes its weights as adapter files
+    (``tinker://<new run>/external_weights/download``, TTL 1 hour). An ``external_weights`` checkpoint is
+    fetched as it is. Each file comes from its own signed URL (a plain GET: never the API key or the
+    client's headers), at most ``max_concurrency`` at a time, streamed in 1 MiB chunks and hashed while
+    written. URLs are signed again before they expire (or after a 401/403), and each signing renews the
+    export's TTL. A transfer that breaks off resumes with HTTP Range, up to ``max_resumes`` times per file
+    in this call; the partial files (``<target>.part/``) and the export (recorded in
+    ``<target>.download.json``) are kept for the next call, which resumes them while the export lives.
+    Sizes and, where the server announces them, sha256 digests are checked before anything is moved to
+    the target; file names from the server are refused if absolute, with ``..`` or through a symbolic
+    link. After success the export is deleted.
+
+    A server without ``save_weights_external`` (404/405 on it) gets the older archive route: ``GET
+    .../archive`` (waiting up to ``wait_timeout`` while it is built), a ranged, resumable transfer to
+    ``<target>.tar.part``, verification and a safe extraction.
+
     Calls into the same target, from any processes, take turns under an OS lock on
     ``<target>.tar.lock``: one downloads, the others wait and then return its copy.
 
     Args:
         service: the service client to use.
-        path: ``tinker://<run_id>/<kind>/<name>``.
-        dest_dir: directory under which the checkpoint is extracted (created if needed).
-        overwrite: replace an existing extracted checkpoint; otherwise its presence is an error.
-        keep_archive: keep the verified archive as ``<target>.tar`` next to the directory.
-        wait_timeout: longest wait in seconds for the archive to be built.
-        max_resumes: Range resumes tried in this call after the transfer breaks off.
-        progress: called with :class:`DownloadProgress` from the worker thread; an exception it raises
-            aborts the download.
+        path: ``tinker://<run_id>/weights/<name>`` or ``tinker://<run_id>/external_weights/<name>``.
+        dest_dir: directory under which the files are placed (created if needed).
+        overwrite: replace an existing download; otherwise its presence is an error.
+        keep_archive: with the archive route, keep the verified archive as ``<target>.tar``.
+        wait_timeout: longest wait in seconds for an archive to be built.
+        max_resumes: Range resumes tried per file in this call after a transfer breaks off.
+        progress: called with :class:`DownloadProgress` from worker threads (one at a time); an exception
+            it raises aborts the download.
+        max_concurrency: files fetched at once.
 
     Returns:
         A Future of :class:`DownloadResult`.
 
     Raises:
-        UsageError, TypeError: bad arguments (immediately; nothing is sent).
+        UsageError, TypeError: bad arguments, or a sampler checkpoint (immediately; nothing is sent).
         FileExistsError: the target exists and ``overwrite`` is False (set on the Future).
-        ArchiveChecksumError: size or sha256 mismatch; nothing extracted (set on the Future).
-        UnsafeArchiveError: the archive holds an unsafe member; nothing extracted (set on the Future).
-        DownloadError: the transfer failed; ``partial_path`` is kept for a resume (set on the Future).
-        APITimeoutError: the archive was not ready within ``wait_timeout`` (set on the Future).
+        ArchiveChecksumError: size or sha256 mismatch; nothing moved to the target (set on the Future).
+        UnsafeArchiveError: an unsafe file name or archive member; nothing written there (set on the Future).
+        DownloadError: the transfer failed; partial files and the export are kept for a resume (set on the Future).
+        APITimeoutError: an archive was not ready within ``wait_timeout`` (set on the Future).
         NotFoundError, APIStatusError, APIConnectionError: other failures (set on the Future).
     """
     runner = runner_of(service)
@@ -607,11 +645,17 @@ def download_checkpoint(
     if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)) or wait_timeout < 0:
         raise UsageError("wait_timeout must be a number of seconds >= 0, got %r" % (wait_timeout,))
     _paths.check_int(max_resumes, "max_resumes", minimum=0)
+    _paths.check_int(max_concurrency, "max_concurrency", minimum=1)
     if progress is not None and not callable(progress):
         raise TypeError("progress must be callable or None")
+    if tp.kind == "sampler_weights":
+        raise UsageError(
+            "%s is a sampler checkpoint, which cannot be downloaded; download the training checkpoint "
+            "tinker://%s/weights/<name> saved with it, or an external_weights export" % (path, tp.run_id)
+        )
     return runner.submit(
         _download,
-        runner.transport,
+        runner,
         tp,
         os.fspath(dest_dir),
         overwrite,
@@ -619,4 +663,5 @@ def download_checkpoint(
         float(wait_timeout),
         max_resumes,
         progress,
+        max_concurrency,
     )

@@ -312,7 +312,8 @@ class PruneReport:
 class DownloadProgress:
     """A progress report of :func:`~tinkex_persist.download_checkpoint`, passed to its ``progress`` callback.
 
-    ``phase`` is ``waiting`` (the archive is being built; ``waited`` seconds so far), ``downloading``,
+    ``phase`` is ``exporting`` (a training checkpoint is being exported as external weights), ``waiting``
+    (the archive is being built; ``waited`` seconds so far), ``downloading``,
     ``verifying``, ``extracting`` or ``done``. ``bytes_total`` is ``None`` until the server says.
     """
 
@@ -326,32 +327,50 @@ class DownloadProgress:
 
 @attrs.frozen(kw_only=True)
 class DownloadResult:
-    """A downloaded, verified and extracted checkpoint archive."""
+    """A downloaded and verified checkpoint: its files under ``directory``.
+
+    ``method`` tells how: ``external_weights`` (SDK 0.38: a training checkpoint exported with
+    ``save_weights_external``, or an external-weights checkpoint, fetched file by file from signed URLs)
+    or ``archive`` (the older ``.../archive`` route, used only when the server has no export).
+    """
 
     tinker_path: str
     directory: str
-    """Where the archive was extracted: ``<dest_dir>/<run_id>/<kind>/<name>``."""
+    """Where the files are: ``<dest_dir>/<run_id>/<kind>/<name>``."""
     archive_bytes: int
-    """Size of the whole archive."""
+    """Total size of what was downloaded (the archive, or the sum of the files)."""
     bytes_fetched: int
     """Bytes received by this call (less than ``archive_bytes`` after a resume)."""
     resumed_from: int
-    """Offset the first transfer of this call started at (0 for a fresh download)."""
+    """Bytes already on disk from an earlier call when this call started (0 for a fresh download)."""
     range_requests: int
     """Transfers of this call that continued a partial file with HTTP Range (0 when nothing broke off)."""
-    sha256: str
-    """sha256 (hex) of the archive."""
+    sha256: Optional[str]
+    """sha256 (hex) of the archive (``archive`` method); None for files (see ``file_sha256``)."""
     sha256_verified: bool
-    """True when the server announced a sha256 and it matched."""
+    """True when the server announced a sha256 for the archive, or for every file, and it matched."""
     files: Tuple[str, ...]
-    """Relative paths of the regular files extracted."""
+    """Relative paths of the regular files under ``directory``."""
     archive_path: Optional[str] = None
-    """The kept archive (``keep_archive=True``), else ``None``."""
+    """The kept archive (``keep_archive=True`` with the archive method), else ``None``."""
+    method: str = "archive"
+    """``external_weights`` or ``archive``."""
+    export_path: Optional[str] = None
+    """The temporary export of a training checkpoint (``tinker://.../external_weights/download``), if one was made."""
+    export_reused: bool = False
+    """True when an export recorded by an earlier, interrupted call was reused instead of exporting again."""
+    export_deleted: bool = False
+    """True when the temporary export was deleted after the download (else it expires by its TTL)."""
+    url_signings: int = 0
+    """Times the signed URLs were asked for (more than 1 when they were re-signed before or after expiring)."""
+    file_sha256: Dict[str, str] = attrs.field(factory=dict)
+    """sha256 (hex) of each file, computed while it was written."""
 
     def to_json(self) -> Dict[str, Any]:
         return {
             "tinker_path": self.tinker_path,
             "directory": self.directory,
+            "method": self.method,
             "archive_bytes": self.archive_bytes,
             "bytes_fetched": self.bytes_fetched,
             "resumed_from": self.resumed_from,
@@ -359,7 +378,12 @@ class DownloadResult:
             "sha256": self.sha256,
             "sha256_verified": self.sha256_verified,
             "files": list(self.files),
+            "file_sha256": dict(self.file_sha256),
             "archive_path": self.archive_path,
+            "export_path": self.export_path,
+            "export_reused": self.export_reused,
+            "export_deleted": self.export_deleted,
+            "url_signings": self.url_signings,
         }
 
 
