@@ -120,6 +120,25 @@ class Api:
         body = {"model_id": model_id, "seq_id": seq_id, "type": "optim_step", "adam_params": params}
         return self.call("/api/v1/optim_step", body)
 
+    def forward_backward(self, model_id, seq_id):
+        """Submit a ``forward_backward`` (protobuf, as the SDK sends it) of the demo's fixed batch; return its request id."""
+        from tinkex_persist import _proto
+        from tinkex_persist.demo import batch
+
+        body = _proto.encode_forward_backward_request(model_id=model_id, seq_id=seq_id, data=batch(), loss_fn="cross_entropy")
+        resp = self.http.post(
+            self.url + "/api/v1/forward_backward", data=body, headers={"Content-Type": "application/x-protobuf"}, timeout=10
+        )
+        assert 200 == resp.status_code, resp.text
+        return resp.json()["request_id"]
+
+    def train(self, model_id, seq_id, learning_rate=0.01):
+        """One training step on two seq_ids: ``forward_backward`` at ``seq_id``, ``optim_step`` at ``seq_id + 1``.
+
+        Return the step's result; the gradient is real, so weights and both Adam moments change."""
+        self.forward_backward(model_id, seq_id)
+        return self.step(model_id, seq_id + 1, learning_rate)
+
     def info(self, model_id):
         resp = self.get("/local/v1/models/" + model_id)
         assert 200 == resp.status_code, resp.text
@@ -254,3 +273,24 @@ def sdk_service(sdk_server):
     client = tinker.ServiceClient()
     yield client
     client.close("success").result()
+
+
+def sdk_train_step(tc, learning_rate=0.05):
+    """One training step of an official ``TrainingClient`` on the demo's fixed batch (``forward_backward``, then
+    ``optim_step``, pipelined); return its ``loss:sum``. The same step as ``tinkex_persist.demo.train_step``."""
+    import tinker
+
+    from tinkex_persist.demo import batch
+
+    data = [
+        tinker.types.Datum(
+            model_input=tinker.types.ModelInput.from_ints(d.model_input.to_ints()),
+            loss_fn_inputs={k: td.tolist() for k, td in d.loss_fn_inputs.items()},
+        )
+        for d in batch()
+    ]
+    fb = tc.forward_backward(data, "cross_entropy")
+    op = tc.optim_step(tinker.types.AdamParams(learning_rate=learning_rate))
+    loss = fb.result().metrics["loss:sum"]
+    op.result()
+    return loss

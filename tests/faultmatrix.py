@@ -128,9 +128,9 @@ class Cell:
         self.service = tp.ServiceClient(base_url=proxy.url, api_key=TEST_KEY, **CLIENT)
         raw = Api(server.url)
         mid = raw.model(rank=8, seed=5)
-        raw.step(mid, 1)
-        self.source = raw.save(mid, 2, "src")["path"]
-        raw.save(mid, 3, "keep")
+        raw.train(mid, 1)
+        self.source = raw.save(mid, 3, "src")["path"]
+        raw.save(mid, 4, "keep")
         self.source_entry = self.store.get(self.source)
 
     @property

@@ -5,7 +5,7 @@ import concurrent.futures
 import pytest
 
 import tinkex_persist as tp
-from tinkex_persist.demo import model_state, optim_step
+from tinkex_persist.demo import model_state, train_step
 from tinkex_persist.localserver import LocalServer
 
 from conftest import TEST_KEY, wait_until
@@ -93,7 +93,7 @@ class TestLoadState:
     def _saved(self, service):
         tc = service.create_lora_training_client("Qwen/Qwen3-8B", rank=8, seed=5).result(timeout=30)
         for _ in range(3):
-            optim_step(tc)
+            train_step(tc)
         return tc, tp.save_state(tc, "s").result(timeout=30).path
 
     @pytest.mark.parametrize("with_optimizer", [False, True])
@@ -156,15 +156,15 @@ class TestCreateFromState:
         """Resuming with optimizer then training gives the same state as an uninterrupted run."""
         tc = service.create_lora_training_client("Qwen/Qwen3-8B", rank=8, seed=9).result(timeout=30)
         for _ in range(3):
-            optim_step(tc)
+            train_step(tc)
         path = tp.save_state(tc, "mid").result(timeout=30).path
         for _ in range(3):
-            optim_step(tc)
+            train_step(tc)
         resumed = tp.create_training_client_from_state_with_optimizer(service, path).result(timeout=30)
         plain = tp.create_training_client_from_state(service, path).result(timeout=30)
         for _ in range(3):
-            optim_step(resumed)
-            optim_step(plain)
+            train_step(resumed)
+            train_step(plain)
         reference = model_state(service, tc.model_id)
         assert reference["weights_sha256"] == model_state(service, resumed.model_id)["weights_sha256"]
         assert reference["optimizer_sha256"] == model_state(service, resumed.model_id)["optimizer_sha256"]
@@ -190,7 +190,7 @@ class TestCreateFromState:
             base_url=front(server.url), api_key=TEST_KEY, heartbeat_interval=None
         ) as service:
             tc = service.create_lora_training_client("Qwen/Qwen3-8B", rank=8).result(timeout=30)
-            optim_step(tc)
+            train_step(tc)
             path = tp.save_state(tc, "c").result(timeout=30).path
             server.stats.reset()
             resumed = tp.create_training_client_from_state_with_optimizer(service, path).result(timeout=30)

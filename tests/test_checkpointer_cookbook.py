@@ -8,9 +8,9 @@ The cookbook is installed without its dependencies (``pip install --no-deps tink
 import pytest
 
 import tinkex_persist as tp
-from tinkex_persist.demo import model_state, optim_step
+from tinkex_persist.demo import model_state, train_step
 
-from conftest import SERVER_KEY as KEY
+from conftest import SERVER_KEY as KEY, sdk_train_step
 
 tinker = pytest.importorskip("tinker")
 try:
@@ -44,7 +44,7 @@ class TestCookbookInterop:
         log = str(tmp_path / "log")
         sdk_tc = sdk_service.create_lora_training_client(BASE, rank=1, seed=4).result()
         for _ in range(4):
-            sdk_tc.optim_step(tinker.AdamParams(learning_rate=0.01)).result()
+            sdk_train_step(sdk_tc)
         (tmp_path / "log").mkdir()
         paths = checkpoint_utils.save_checkpoint(
             training_client=sdk_tc, name="000004", log_path=log, loop_state={"batch": 4, "epoch": 0, "elapsed_tokens": 96}
@@ -57,7 +57,7 @@ class TestCookbookInterop:
         )
         assert digests(ours, sdk_tc.model_id) == digests(ours, tc.model_id)
         for step in range(start, 6):
-            optim_step(tc)
+            train_step(tc)
             ckpt.step(tc, step + 1, epoch=0, elapsed_tokens=24 * (step + 1))
         last = checkpoint_utils.get_last_checkpoint(log)
         assert (6, 0, "tinker://%s/weights/000006" % tc.model_id, 144) == (
@@ -71,11 +71,11 @@ class TestCookbookInterop:
         ckpt = tp.Checkpointer(ours, log, save_every=2, keep_last=1)
         tc, start = ckpt.resume_or_create(BASE, rank=1, seed=4)
         for step in range(start, 4):
-            optim_step(tc)
+            train_step(tc)
             ckpt.step(tc, step + 1, epoch=1)
         mid = checkpoint_utils.get_last_checkpoint(str(log))
         assert (4, 1, None, "000004") == (mid.batch, mid.epoch, mid.final, mid.name)
-        optim_step(tc)
+        train_step(tc)
         ckpt.finish(tc, 5)
         last = checkpoint_utils.get_last_checkpoint(str(log))
         assert ("final", 5, True) == (last.name, last.batch, last.final)

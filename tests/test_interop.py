@@ -6,10 +6,10 @@ import warnings
 import pytest
 
 import tinkex_persist as tp
-from tinkex_persist.demo import model_state, optim_step
+from tinkex_persist.demo import model_state, train_step
 from tinkex_persist.localserver import LocalServer
 
-from conftest import SERVER_KEY as KEY
+from conftest import SERVER_KEY as KEY, sdk_train_step
 
 tinker = pytest.importorskip("tinker")
 
@@ -39,7 +39,7 @@ def ours(server):
 
 def _sdk_train(tc, steps=3):
     for _ in range(steps):
-        tc.optim_step(tinker.AdamParams(learning_rate=0.01)).result()
+        sdk_train_step(tc)
 
 
 class TestSharedCheckpoints:
@@ -67,7 +67,7 @@ class TestSharedCheckpoints:
         """A tinkex_persist save resumes in the SDK's create_training_client_from_state_with_optimizer bit-exact."""
         src = ours.create_lora_training_client(BASE, rank=8).result(timeout=30)
         for _ in range(3):
-            optim_step(src)
+            train_step(src)
         path = tp.save_state(src, "from-ours").result(timeout=30).path
         resumed = sdk.create_training_client_from_state_with_optimizer(path).result()
         want, got = model_state(ours, src.model_id), model_state(ours, resumed.model_id)

@@ -378,13 +378,39 @@ class TestAdamW:
         state.adamw_step(0.01, 0.9, 0.95, 1e-12, 0.0, 1.0)
         assert pytest.approx(0.1 * 0.5, rel=1e-12) == state.m[0]
 
-    def test_without_gradient_uses_the_synthetic_objective(self):
-        """A step with nothing accumulated descends ``0.5 * |w - target|^2`` and reports that loss."""
+    def test_without_gradient_a_fresh_model_only_decays(self):
+        """A step with nothing accumulated is AdamW on a zero gradient: on fresh moments the weights only decay
+        (``w * (1 - lr * wd)``), the moments stay zero, the step count advances and no loss is reported."""
         state = ModelState(BASE, 1)
-        expected = 0.5 * sum((w - t) ** 2 for w, t in zip(state.weights, state.target))
+        before = list(state.weights)
+        lr, wd = 0.02, 0.1
+        metrics = state.adamw_step(lr, 0.9, 0.95, 1e-12, wd, 0.0)
+        assert [w * (1 - lr * wd) for w in before] == list(state.weights)
+        assert ([0.0] * len(before), [0.0] * len(before), 1) == (list(state.m), list(state.v), state.step)
+        assert {"grad_norm": 0.0, "step": 1.0, "learning_rate": lr} == metrics
+
+    def test_without_gradient_and_without_decay_a_fresh_model_keeps_its_weights(self):
+        """With weight decay 0, optim_step alone leaves a fresh model's weights bit-exact: nothing is invented."""
+        state = ModelState(BASE, 1)
         before = state.weights_bytes()
-        metrics = state.adamw_step(*ADAM)
-        assert (pytest.approx(expected, rel=1e-12), True) == (metrics["loss"], before != state.weights_bytes())
+        state.adamw_step(*ADAM)
+        assert (before, 1) == (state.weights_bytes(), state.step)
+
+    def test_without_gradient_the_moments_decay_and_still_move_the_weights(self):
+        """After a real step, a step on a zero gradient decays m by beta1 and v by beta2, and the weights move by
+        what the moments carry, as torch's AdamW after ``zero_grad(set_to_none=False)``."""
+        state = trained_state(steps=1)
+        w, m, v = list(state.weights), list(state.m), list(state.v)
+        b1, b2, lr, eps, wd = 0.9, 0.95, 0.02, 1e-12, 0.01
+        metrics = state.adamw_step(lr, b1, b2, eps, wd, 0.0)
+        m = [b1 * mi for mi in m]
+        v = [b2 * vi for vi in v]
+        denom = [math.sqrt(vi) / math.sqrt(1 - b2**2) + eps for vi in v]
+        w = [wi * (1 - lr * wd) - lr / (1 - b1**2) * mi / di for wi, mi, di in zip(w, m, denom)]
+        assert any(m) and any(v)
+        assert (pytest.approx(m, rel=1e-12), pytest.approx(v, rel=1e-12)) == (list(state.m), list(state.v))
+        assert pytest.approx(w, rel=1e-12, abs=1e-15) == list(state.weights)
+        assert (2, 0.0, False) == (state.step, metrics["grad_norm"], "loss" in metrics)
 
 
 class TestTraining:

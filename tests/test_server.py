@@ -164,12 +164,12 @@ class TestModelState:
         assert (1024, 0) == (a["num_values"], a["step"])
 
     def test_optim_step_advances(self, api):
-        """optim_step changes weights, moments and step, identically for identical models."""
+        """forward_backward then optim_step changes weights, moments and step, identically for identical models."""
         sid = api.session()
         m1, m2 = api.model(sid, 0), api.model(sid, 1)
         before = api.info(m1)
-        api.step(m1, 1)
-        api.step(m2, 1)
+        api.train(m1, 1)
+        api.train(m2, 1)
         after1, after2 = api.info(m1), api.info(m2)
         assert 1 == after1["step"]
         assert before["weights_sha256"] != after1["weights_sha256"]
@@ -182,9 +182,9 @@ class TestModelState:
     def _trained_checkpoint(self, api):
         sid = api.session()
         mid = api.model(sid, 0)
-        api.step(mid, 1)
-        api.step(mid, 2)
-        path = api.save(mid, 3, "ckpt")["path"]
+        api.train(mid, 1)
+        api.train(mid, 3)
+        path = api.save(mid, 5, "ckpt")["path"]
         return sid, api.info(mid), path
 
     def test_load_weights_only(self, api):
@@ -213,12 +213,12 @@ class TestModelState:
         )
 
     def test_optimizer_state_matters(self, api):
-        """The same step from the same weights differs with and without restored moments."""
+        """The same training step from the same weights differs with and without restored moments."""
         sid, _, path = self._trained_checkpoint(api)
         with_opt = api.load(path, True, session_id=sid, model_seq_id=1)["model_id"]
         without = api.load(path, False, session_id=sid, model_seq_id=2)["model_id"]
-        api.step(with_opt, 1)
-        api.step(without, 1)
+        api.train(with_opt, 1)
+        api.train(without, 1)
         assert api.info(with_opt)["weights_sha256"] != api.info(without)["weights_sha256"]
 
 

@@ -52,8 +52,8 @@ class TestRestart:
             api = api_for(server.url)
             sid = api.session()
             mid = api.model(sid)
-            api.step(mid, 1)
-            path = api.save(mid, 2, "a", ttl_seconds=7200)["path"]
+            api.train(mid, 1)
+            path = api.save(mid, 3, "a", ttl_seconds=7200)["path"]
             before = api.info(mid)
         with LocalServer(tmp_path) as server:
             api = api_for(server.url)

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from conftest import SERVER_KEY as API_KEY
+from conftest import SERVER_KEY as API_KEY, sdk_train_step
 
 tinker = pytest.importorskip("tinker")
 
@@ -74,14 +74,14 @@ class TestTrainingClient:
         )
 
     def test_optim_step(self, server, training):
-        """optim_step advances the server-side model one AdamW step."""
+        """optim_step alone advances the server-side model one AdamW step (on a zero gradient)."""
         out = training.optim_step(tinker.types.AdamParams(learning_rate=1e-3)).result()
         assert (1.0, 1) == (out.metrics["step"], server.model_info(training.model_id)["step"])
 
     @pytest.mark.parametrize("optimizer", [False, True])
     def test_load_state(self, server, service, training, optimizer):
         """load_state(_with_optimizer) as a model's first request restores the checkpoint."""
-        training.optim_step(tinker.types.AdamParams(learning_rate=1e-3)).result()
+        sdk_train_step(training)
         path = training.save_state("a").result().path
         saved = server.model_info(training.model_id)
         fresh = service.create_lora_training_client(BASE, rank=8).result()
@@ -107,7 +107,7 @@ class TestServiceClient:
     @pytest.mark.parametrize("optimizer", [False, True])
     def test_create_from_state(self, server, service, training, optimizer):
         """create_training_client_from_state(_with_optimizer) restores weights (and moments) bit-exact."""
-        training.optim_step(tinker.types.AdamParams(learning_rate=1e-3)).result()
+        sdk_train_step(training)
         path = training.save_state("a").result().path
         saved = server.model_info(training.model_id)
         create = (

@@ -39,9 +39,17 @@ def batch() -> List[Datum]:
     ]
 
 
-def optim_step(tc: TrainingClient, learning_rate: float = 1e-2) -> Dict[str, float]:
-    """Run one AdamW step (``tc.optim_step``) and return its metrics."""
-    return _optim_step(tc, AdamParams(learning_rate=learning_rate)).result().metrics or {}
+def train_step(tc: TrainingClient, learning_rate: float = LEARNING_RATE) -> float:
+    """Run one training step on the fixed batch and return its ``loss:sum``.
+
+    A ``forward_backward`` computes the loss and its gradient, then ``optim_step`` applies the gradient (AdamW).
+    Both are submitted before waiting, as a training loop pipelines them.
+    """
+    fb = forward_backward(tc, batch(), "cross_entropy")
+    step = _optim_step(tc, AdamParams(learning_rate=learning_rate))
+    loss = fb.result().metrics["loss:sum"]
+    step.result()
+    return loss
 
 
 def model_state(service: ServiceClient, model_id: str) -> Dict[str, Any]:
@@ -53,18 +61,14 @@ def model_state(service: ServiceClient, model_id: str) -> Dict[str, Any]:
 def train(
     tc: TrainingClient, steps: int, *, checkpointer: Optional[Checkpointer] = None, start: int = 0
 ) -> List[float]:
-    """Run ``steps`` training steps on the fixed batch (forward_backward, then optim_step); return the losses.
+    """Run ``steps`` training steps (:func:`train_step`) on the fixed batch; return the losses.
 
-    Both requests of a step are submitted before waiting, as a training loop pipelines them. With a
-    ``checkpointer``, ``checkpointer.step(tc, n)`` follows each step, ``n`` counting the steps completed from ``start``.
+    With a ``checkpointer``, ``checkpointer.step(tc, n)`` follows each step, ``n`` counting the steps completed
+    from ``start``.
     """
     losses = []
-    data = batch()
     for done in range(start, start + steps):
-        fb = forward_backward(tc, data, "cross_entropy")
-        step = _optim_step(tc, AdamParams(learning_rate=LEARNING_RATE))
-        losses.append(fb.result().metrics["loss:sum"])
-        step.result()
+        losses.append(train_step(tc))
         if checkpointer is not None:
             checkpointer.step(tc, done + 1)
     return losses

@@ -3,9 +3,9 @@
 Weights are the ``rank * 256`` float64 LoRA values of the tiny model in :mod:`._lm`, deterministic from
 (base_model, rank, seed). ``forward_backward`` (in :mod:`._lm`) adds gradients to ``grad``;
 :meth:`ModelState.adamw_step` applies them with AdamW and clears them. A step with no gradient accumulated
-since the previous one descends a fixed synthetic objective, ``0.5 * |w - target|^2``, instead, so that a
-client driving only ``optim_step`` still moves the weights and optimizer state (what this server did before
-it could train). The byte form of weights and moments is unchanged from then: old checkpoints load.
+since the previous one is an AdamW step on a zero gradient, as torch takes it: the step count advances, the
+moments decay, and the weights move by decoupled weight decay and by what the moments still carry (nothing,
+on a fresh model). The byte form of weights and moments is unchanged: old checkpoints load.
 """
 
 import hashlib
@@ -50,13 +50,10 @@ class ModelState:
     def __init__(self, base_model: str, rank: int, seed: Optional[int] = None) -> None:
         self.base_model = base_model
         self.rank = rank
-        n = rank * VALUES_PER_RANK
         rng = _rng("weights", base_model, rank, 0 if seed is None else seed)
         self.weights = array("d", _lm.lora_init(rank, rng))
         #: Gradient of the losses summed since the last step, or None when nothing was accumulated.
         self.grad: Optional[List[float]] = None
-        target = _rng("target", base_model, rank)
-        self.target = array("d", (target.uniform(-0.1, 0.1) for _ in range(n)))
         self.reset_optimizer()
 
     def reset_optimizer(self) -> None:
@@ -99,15 +96,12 @@ class ModelState:
 
         As ``torch.optim.AdamW`` after ``torch.nn.utils.clip_grad_norm_``: the global gradient norm is
         clipped to ``grad_clip_norm`` when that is > 0; weight decay is decoupled (``w *= 1 - lr * wd``);
-        moments are bias-corrected by ``1 - beta ** step``.
+        moments are bias-corrected by ``1 - beta ** step``. With no gradient accumulated the step runs on a
+        zero gradient (``optimizer.zero_grad(set_to_none=False)`` then ``step()``); no loss is reported, since
+        none was computed.
         """
         w = self.weights
-        metrics: Dict[str, float] = {}
-        if self.grad is None:
-            grad = [wi - ti for wi, ti in zip(w, self.target)]
-            metrics["loss"] = 0.5 * sum(map(mul, grad, grad))
-        else:
-            grad = self.grad
+        grad: List[float] = [0.0] * len(w) if self.grad is None else self.grad
         norm = math.sqrt(sum(map(mul, grad, grad)))
         if grad_clip_norm > 0.0:
             coef = grad_clip_norm / (norm + 1e-6)
@@ -126,5 +120,4 @@ class ModelState:
         )
         self.m, self.v = array("d", m), array("d", v)
         self.grad = None
-        metrics.update({"grad_norm": norm, "step": float(self.step), "learning_rate": lr})
-        return metrics
+        return {"grad_norm": norm, "step": float(self.step), "learning_rate": lr}
