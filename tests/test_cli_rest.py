@@ -2,10 +2,16 @@
 
 import datetime
 import json
+import os
+import pty
+import subprocess
+import sys
 
 import pytest
 
 import tinkex_persist as tp
+from conftest import SERVER_KEY
+from test_cli import _env, _read_until
 from tinkex_persist import cli
 from tinkex_persist.checkpoints import plan_prune
 from tinkex_persist.types import CheckpointInfo
@@ -246,3 +252,41 @@ class TestServeHelp:
         out = capsys.readouterr().out
         assert ("--base-url" in out, "--api-key-file" in out, "--progress" in out) == (False, False, False)
         assert "--export-size" in out and "--json" in out
+
+
+class TestTerminalPrompt:
+    """On a terminal, a destructive command asks; 'y' goes ahead, anything else changes nothing (exit 1)."""
+
+    def _answer(self, url, argv, answer, tmp_path):
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "tinkex_persist", "--base-url", url] + argv, stdin=slave,
+                                stdout=subprocess.PIPE, stderr=slave, env=_env(TINKER_API_KEY=SERVER_KEY),
+                                cwd=str(tmp_path), text=True)
+        os.close(slave)
+        try:
+            _read_until(master, b"[y/N]")
+            os.write(master, answer + b"\n")
+            out = proc.stdout.read()
+            proc.wait(timeout=30)
+        finally:
+            os.close(master)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return proc.returncode, out
+
+    def test_prune_yes_deletes_what_it_showed(self, keyed_server, seed_run, mgmt_service, tmp_path):
+        """Answering 'y' to prune's question deletes the checkpoints it listed."""
+        run_id, paths = seed_run(["a", "b"])
+        code, out = self._answer(keyed_server.url, ["prune", "--run", run_id, "--keep-last", "1"], b"y", tmp_path)
+        assert (0, [paths[1]]) == (code, [c.tinker_path for c in tp.list_checkpoints(mgmt_service, run_id).result()])
+        assert "deleted" in out
+
+    @pytest.mark.parametrize("command", ["keep-last", "ttl"])
+    def test_no_changes_nothing(self, keyed_server, seed_run, mgmt_service, tmp_path, command):
+        """Answering 'n' to keep-last's or ttl's question exits 1 and leaves the run as it was."""
+        run_id, paths = seed_run(["a", "b"])
+        before = tp.list_checkpoints(mgmt_service, run_id).result()
+        argv = ["keep-last", "1", "--run", run_id] if command == "keep-last" else ["ttl", paths[0], "--set", "7200"]
+        code, _ = self._answer(keyed_server.url, argv, b"n", tmp_path)
+        assert (1, before) == (code, tp.list_checkpoints(mgmt_service, run_id).result())
