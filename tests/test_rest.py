@@ -407,6 +407,14 @@ class TestServerRoutes:
                        timeout=10)
         assert 409 == again.status_code
 
+    def test_user_listing_query_is_strict(self, server):
+        """``GET /api/v1/checkpoints`` takes limit and offset only: another parameter is a 400 naming it."""
+        resp = requests.get(server.url + "/api/v1/checkpoints?limit=5&offset=0&type=external", headers={"X-API-Key": KEY},
+                            timeout=10)
+        assert (400, True) == (resp.status_code, "type" in resp.json()["detail"])
+        ok = requests.get(server.url + "/api/v1/checkpoints?limit=5&offset=0", headers={"X-API-Key": KEY}, timeout=10)
+        assert {"offset": 0, "limit": 5, "total_count": 0} == ok.json()["cursor"]
+
     def test_unknown_usage_query_is_refused(self, server):
         """The usage route decodes its query strictly."""
         resp = requests.get(server.url + "/api/v1/billing/usage/checkpoints/current?projects=1", headers={"X-API-Key": KEY},

@@ -253,13 +253,7 @@ def _parse_range(header: Optional[str], size: int) -> Any:
 
 
 def _list_user(h: Handler, s: Service, req: Any, g: Dict[str, str], query: str) -> Any:
-    params = parse_qs(query)
-    try:
-        limit, offset = int(params.get("limit", ["100"])[0]), int(params.get("offset", ["0"])[0])
-    except ValueError:
-        raise HTTPError(400, "limit and offset must be integers") from None
-    if not (1 <= limit <= 10000 and offset >= 0):
-        raise HTTPError(400, "limit must be 1-10000 and offset >= 0")
+    limit, offset = _page(_query(query, ("limit", "offset")), 100)
     return s.list_user(limit, offset)
 
 
