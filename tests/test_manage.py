@@ -9,6 +9,8 @@ import pytest
 import tinkex_persist as tp
 from tinkex_persist import _time, checkpoints, manage
 
+from faultproxy import EXTRA_KEY, EXTRA_VALUE
+
 DELETE_PATTERN = "/api/v1/training_runs/*/checkpoints/weights/*"
 
 
@@ -30,12 +32,14 @@ def _deletes(server):
 class TestGetWeightsInfo:
     """Tests for `get_weights_info`."""
 
-    def test_describes_a_saved_checkpoint(self, mgmt_service, seed_run):
-        """The Future resolves to a WeightsInfo with the run's base model, rank and trained layers."""
+    def test_describes_a_saved_checkpoint(self, mgmt_service, seed_run, mgmt_url, keyed_server):
+        """The Future resolves to a WeightsInfo with the run's base model, rank and trained layers, and the
+        optimizer config as the server gave it (an open object: a key a newer service adds there is kept)."""
         _, (path,) = seed_run(["a"], rank=4)
         info = manage.get_weights_info(mgmt_service, path).result()
+        config = {"type": "adamw"} if mgmt_url == keyed_server.url else {"type": "adamw", EXTRA_KEY: EXTRA_VALUE}
         expected = tp.WeightsInfo(base_model="Qwen/Qwen3-8B", is_lora=True, lora_rank=4, train_unembed=True,
-                                  train_mlp=True, train_attn=True, optimizer="adamw")
+                                  train_mlp=True, train_attn=True, optimizer="adamw", optimizer_config=config)
         assert expected == info
 
     def test_bad_path_raises_before_sending(self, mgmt_service, keyed_server):

@@ -1,5 +1,6 @@
 """Strictness by direction: requests strict at every depth, answers tolerant at every depth, one key table."""
 
+import contextlib
 import json
 import logging
 import pathlib
@@ -214,27 +215,15 @@ class TestExtraKeysProxy:
 class TestExtendedOptimizerEndToEnd:
     """Tests for checkpoints whose optimizer config carries more than ``type``, over HTTP."""
 
-    def _dimuon_answer(self, server_url, path, api_for):
+    def _config_answer(self, server_url, path, api_for, config):
         answer = api_for(server_url).post("/api/v1/weights_info", {"tinker_path": path}).json()
-        return json.dumps(dict(answer, optimizer_config=DIMUON)).encode()
+        return json.dumps(dict(answer, optimizer_config=config)).encode()
 
-    def test_weights_info_of_a_dimuon_checkpoint(self, local_server, api_for):
-        """``get_weights_info`` succeeds on a dimuon checkpoint and reports its family."""
-        import tinkex_persist as tp
+    @contextlib.contextmanager
+    def _older_server(self, tmp_path, api_for, config):
+        """A server without session addressing, whose ``weights_info`` answers ``config`` for a trained checkpoint.
 
-        from conftest import TEST_KEY
-
-        direct = api_for(local_server.url)
-        path = direct.save(direct.model(), 1, "c")["path"]
-        with FaultProxy(local_server.url) as proxy, tp.ServiceClient(
-            base_url=proxy.url, api_key=TEST_KEY, heartbeat_interval=None
-        ) as service:
-            proxy.add("status", "/api/v1/weights_info", status=200, body=self._dimuon_answer(local_server.url, path, api_for))
-            info = tp.get_weights_info(service, path).result(timeout=30)
-        assert ("dimuon", 8, "Qwen/Qwen3-8B") == (info.optimizer, info.lora_rank, info.base_model)
-
-    def test_create_from_state_fallback_on_a_dimuon_checkpoint(self, tmp_path, api_for):
-        """On a server without session addressing, the weights_info step no longer breaks on a dimuon config."""
+        Yield ``(proxy, service, path)``; the client talks to the server through the proxy."""
         import tinkex_persist as tp
         from tinkex_persist.localserver import LocalServer
 
@@ -242,12 +231,74 @@ class TestExtendedOptimizerEndToEnd:
 
         with LocalServer(tmp_path, session_load=False) as server:
             direct = api_for(server.url)
-            path = direct.save(direct.model(), 1, "c")["path"]
+            model_id = direct.model()
+            direct.train(model_id, 1)
+            path = direct.save(model_id, 3, "c")["path"]
             with FaultProxy(server.url) as proxy, tp.ServiceClient(
                 base_url=proxy.url, api_key=TEST_KEY, heartbeat_interval=None
             ) as service:
-                proxy.add("status", "/api/v1/weights_info", status=200, body=self._dimuon_answer(server.url, path, api_for))
-                resumed = tp.create_training_client_from_state(service, path).result(timeout=30)
-                assert 2 == tp.save_state(resumed, "after").result(timeout=30).seq_id
-                answered = [r.fault for r in proxy.records if r.path == "/api/v1/weights_info"]
-            assert ["status"] == answered
+                proxy.add("status", "/api/v1/weights_info", status=200, body=self._config_answer(server.url, path, api_for, config))
+                yield proxy, service, path
+
+    @staticmethod
+    def _created_with(proxy):
+        """The ``optimizer_config`` of every ``create_model`` the client sent."""
+        return [json.loads(r.body)["optimizer_config"] for r in proxy.records if r.path == "/api/v1/create_model"]
+
+    def test_weights_info_of_a_dimuon_checkpoint(self, local_server, api_for):
+        """``get_weights_info`` succeeds on a dimuon checkpoint: it reports the family and the whole config as given
+        (and None for both when the server does not say)."""
+        import tinkex_persist as tp
+
+        from conftest import TEST_KEY
+
+        config = {"type": "dimuon", "version": 1, "schedule": {"warmup": [10, 20]}}
+        direct = api_for(local_server.url)
+        path = direct.save(direct.model(), 1, "c")["path"]
+        with FaultProxy(local_server.url) as proxy, tp.ServiceClient(
+            base_url=proxy.url, api_key=TEST_KEY, heartbeat_interval=None
+        ) as service:
+            proxy.add("status", "/api/v1/weights_info", status=200, body=self._config_answer(local_server.url, path, api_for, config))
+            info = tp.get_weights_info(service, path).result(timeout=30)
+            plain = tp.get_weights_info(service, path).result(timeout=30)
+            proxy.add("status", "/api/v1/weights_info", status=200, body=self._config_answer(local_server.url, path, api_for, None))
+            unsaid = tp.get_weights_info(service, path).result(timeout=30)
+        assert ("dimuon", config, 8, "Qwen/Qwen3-8B") == (info.optimizer, info.optimizer_config, info.lora_rank, info.base_model)
+        assert ["type", "version", "schedule"] == list(info.optimizer_config)
+        assert ("adamw", {"type": "adamw"}) == (plain.optimizer, plain.optimizer_config)
+        assert (None, None) == (unsaid.optimizer, unsaid.optimizer_config)
+
+    @pytest.mark.parametrize("with_optimizer", [False, True])
+    def test_create_from_state_fallback_keeps_a_dimuon_family(self, tmp_path, api_for, with_optimizer):
+        """On a server without session addressing, the fallback creates the model with the checkpoint's dimuon
+        config as given (not the default adamw); this server trains adamw only and refuses it with a 400 naming it."""
+        import tinkex_persist as tp
+
+        with self._older_server(tmp_path, api_for, DIMUON) as (proxy, service, path):
+            create = tp.create_training_client_from_state_with_optimizer if with_optimizer else tp.create_training_client_from_state
+            with pytest.raises(tp.BadRequestError) as info:
+                create(service, path).result(timeout=30)
+            assert [DIMUON] == self._created_with(proxy)
+            assert ["status"] == [r.fault for r in proxy.records if r.path == "/api/v1/weights_info"]
+        assert "dimuon" in str(info.value)
+
+    @pytest.mark.parametrize("with_optimizer", [False, True])
+    def test_create_from_state_fallback_passes_extra_keys_through(self, tmp_path, api_for, with_optimizer):
+        """A checkpoint's adamw config with extra keys reaches create_model as given, and the resumed client goes on."""
+        import tinkex_persist as tp
+
+        config = {"type": "adamw", "version": 2}
+        with self._older_server(tmp_path, api_for, config) as (proxy, service, path):
+            create = tp.create_training_client_from_state_with_optimizer if with_optimizer else tp.create_training_client_from_state
+            resumed = create(service, path).result(timeout=30)
+            assert 2 == tp.save_state(resumed, "after").result(timeout=30).seq_id
+            assert [config] == self._created_with(proxy)
+
+    def test_an_explicit_optimizer_wins_over_the_checkpoints(self, tmp_path, api_for):
+        """``optimizer=`` on create_training_client_from_state is what the fallback's create_model sends."""
+        import tinkex_persist as tp
+
+        with self._older_server(tmp_path, api_for, DIMUON) as (proxy, service, path):
+            resumed = tp.create_training_client_from_state(service, path, optimizer={"type": "adamw"}).result(timeout=30)
+            assert 2 == tp.save_state(resumed, "after").result(timeout=30).seq_id
+            assert [{"type": "adamw"}] == self._created_with(proxy)

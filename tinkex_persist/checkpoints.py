@@ -108,6 +108,7 @@ def select_checkpoints(
 
 def _weights_info(transport: Transport, path: str) -> WeightsInfo:
     resp = _ops.weights_info(transport, path)
+    config = resp.optimizer_config
     return WeightsInfo(
         base_model=resp.base_model,
         is_lora=resp.is_lora,
@@ -115,7 +116,8 @@ def _weights_info(transport: Transport, path: str) -> WeightsInfo:
         train_unembed=resp.train_unembed,
         train_mlp=resp.train_mlp,
         train_attn=resp.train_attn,
-        optimizer=resp.optimizer_config.type if resp.optimizer_config is not None else None,
+        optimizer=config.type if config is not None else None,
+        optimizer_config={"type": config.type, **config.extra} if config is not None else None,
     )
 
 

@@ -421,7 +421,11 @@ class ServiceClient:
         token: Optional[str],
         optimizer_config: Optional[_wire.OptimizerConfig] = None,
     ) -> "TrainingClient":
-        """Older servers: weights_info, create_model, then load_weights as the model's first request."""
+        """Older servers: weights_info, create_model, then load_weights as the model's first request.
+
+        The model is created with ``optimizer_config`` when the caller gave one, else with the checkpoint's
+        optimizer configuration as ``weights_info`` reports it (family and extra keys), else the default adamw.
+        """
         transport = self._transport
         logger.debug("server rejected session-addressed load_weights; using weights_info + create_model")
         info = _ops.weights_info(transport, path)
@@ -437,7 +441,8 @@ class ServiceClient:
             base_model=base_model or info.base_model,
             user_metadata=metadata,
             lora_config=lora if info.is_lora else None,
-            optimizer_config=optimizer_config or _wire.OptimizerConfig(),
+            # The family the caller asked for, else the checkpoint's own (its state is what a load restores).
+            optimizer_config=optimizer_config or info.optimizer_config or _wire.OptimizerConfig(),
         )
         model_id = _ops.create_model(transport, create, self.on_queue_state)
         load = _wire.LoadWeightsRequest(model_id=model_id, seq_id=1, path=path, optimizer=optimizer, weights_access_token=token)

@@ -58,6 +58,9 @@ class WeightsInfo:
     train_attn: Optional[bool] = None
     optimizer: Optional[str] = None
     """Optimizer family recorded with the checkpoint (e.g. ``adamw``), if the server says."""
+    optimizer_config: Optional[Dict[str, Any]] = None
+    """The checkpoint's whole optimizer configuration as the server gave it, ``type`` first and the family's
+    other keys after it (e.g. ``{"type": "dimuon", "version": 1}``); None if the server does not say."""
 
 
 @attrs.frozen(kw_only=True)
