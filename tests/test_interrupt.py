@@ -283,3 +283,40 @@ class TestInterruptedCli:
         assert {"error": {"type": "KeyboardInterrupt", "message": "interrupted"}} == json.loads(stdout)
         assert "interrupted" in stderr
         assert KEY not in stdout + stderr
+
+
+class TestInterruptedExportDownload:
+    """Tests for Ctrl-C during the SDK 0.38 download (an export fetched from signed URLs)."""
+
+    def test_sigint_mid_file_keeps_the_export_and_the_next_call_reuses_it(self, tmp_path):
+        """A SIGINT while a signed file trickles in ends the process at once; the export and the partial files
+        stay, and the next call reuses the export (no second export) and finishes."""
+        from tinkex_persist.localserver import LocalServer
+
+        with LocalServer(tmp_path / "root", api_key=KEY, export_size=2 * 1024 * 1024) as server:
+            with tp.ServiceClient(server.url, KEY, heartbeat_interval=None) as service:
+                tc = service.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result()
+                path = tc.save_state("big").result().path
+            outcome = tmp_path / "outcome"
+            dest = tmp_path / "dest"
+            with _Proxy(server.url) as proxy:
+                proxy.add("trickle", "/signed/*/adapter_model.safetensors", seconds=0.01)
+                proc = subprocess.Popen([sys.executable, "-c", DOWNLOAD_SCRIPT, proxy.url, path, str(dest), str(outcome)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                partial = dest / tc.model_id / "weights" / "big.part" / "adapter_model.safetensors"
+                try:
+                    assert "waiting" == proc.stdout.readline().strip()
+                    assert wait_until(partial.exists, timeout=30), "the transfer of the weights file started"
+                    status = _interrupt(proc)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.wait()
+            stderr = proc.stderr.read()
+            assert (-signal.SIGINT, "OperationCancelledError") == (status, outcome.read_text())
+            assert KEY not in stderr
+            assert 1 == server.stats.requests["/api/v1/save_weights_external"]
+            with tp.ServiceClient(server.url, KEY, heartbeat_interval=None) as service:
+                result = download.download_checkpoint(service, path, dest).result()
+            assert (True, True, 1) == (result.export_reused, result.export_deleted,
+                                       server.stats.requests["/api/v1/save_weights_external"])

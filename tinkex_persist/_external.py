@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -39,6 +39,7 @@ from .exceptions import (
     ArchiveChecksumError,
     DownloadError,
     NotFoundError,
+    OperationCancelledError,
     TinkexPersistError,
     UnsafeArchiveError,
 )
@@ -349,11 +350,15 @@ def _fetch_file(
         except Exception as exc:
             if type(exc).__module__.split(".")[0] != "urllib3":
                 raise
+            if stopping.is_set():  # abort() cut the connection
+                raise urls.transport.stopped_error("GET", _safe_url(url), f.local) from exc
             cause = "%s: %s" % (type(exc).__name__, exc)
             retry = retry.increment("GET", _safe_url(url), error=cause)
         else:
             retry = retry.increment("GET", _safe_url(url), error=cause)
         have = os.path.getsize(f.local) if os.path.exists(f.local) else 0
+        if stopping.is_set():
+            raise urls.transport.stopped_error("GET", _safe_url(url), f.local)
         if retry.is_exhausted() or not retry.sleep():
             raise attach(
                 DownloadError(
@@ -484,12 +489,17 @@ def download(
                 sessions.append(session)
         _fetch_file(session, urls, f, cfg.timeout, resumes, progress, transport.stopping, len(files))  # type: ignore[arg-type]
 
-    def kept(exc: DownloadError) -> DownloadError:
+    def kept(exc: Union[DownloadError, OperationCancelledError]) -> TinkexPersistError:
         """``exc`` with the message saying the export is kept for the next call."""
         assert state is not None
         message = "%s; the export %s is kept until about %s (TTL %d s) and the next call resumes from it" % (
             exc.message, export_tp, _export_expiry(state), state.get("ttl", EXPORT_TTL))
-        new = type(exc)(message, partial_path=exc.partial_path or part_dir)
+        new: TinkexPersistError
+        if isinstance(exc, OperationCancelledError):
+            new = OperationCancelledError(message, method=exc.method, url=exc.url,
+                                          partial_path=exc.partial_path or part_dir)
+        else:
+            new = type(exc)(message, partial_path=exc.partial_path or part_dir)
         retries = getattr(exc, "retries", None)
         return attach(new, retries) if retries is not None else new
 
@@ -522,7 +532,7 @@ def download(
                 % (tp, "; ".join(bad), target),
                 partial_path=part_dir,
             )
-    except DownloadError as exc:
+    except (DownloadError, OperationCancelledError) as exc:
         if tp.kind != "weights" or state is None:
             raise
         raise kept(exc) from exc
