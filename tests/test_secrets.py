@@ -2,11 +2,16 @@
 causes), a DEBUG log line, CLI output or ``--json``, even when a server echoes them back."""
 
 import json
+import os
 import re
 import logging
+import signal
+import subprocess
+import sys
 import traceback
 
 import pytest
+import requests
 
 import tinkex_persist as tp
 from conftest import SERVER_KEY
@@ -201,6 +206,56 @@ class TestKeyWhitespace:
         out, err = capsys.readouterr()
         assert 0 == code
         _assert_clean([out, err])
+
+
+class TestServerKeyWhitespace:
+    """Tests for the key a local server requires: stripped like the client's, checked without being shown."""
+
+    @pytest.mark.parametrize("raw", [KEY + "\n", "  %s\r\n" % KEY])
+    def test_the_server_strips_its_own_key(self, tmp_path, raw):
+        """A server given its key with surrounding whitespace accepts the key itself, and refuses another."""
+        with LocalServer(tmp_path, api_key=raw) as server:
+            ok = requests.get(server.url + "/api/v1/healthz", headers={"X-API-Key": KEY}, timeout=10)
+            wrong = requests.get(server.url + "/api/v1/healthz", headers={"X-API-Key": KEY + "x"}, timeout=10)
+            with tp.ServiceClient(base_url=server.url, api_key=KEY, heartbeat_interval=None) as svc:
+                tc = svc.create_lora_training_client("Qwen/Qwen3-8B", rank=4).result(timeout=10)
+        assert (200, 401, KEY) == (ok.status_code, wrong.status_code, server.api_key)
+        assert tc.model_id.endswith(":train:0")
+
+    @pytest.mark.parametrize("bad, says", [(" \n", "blank"), (KEY[:8] + " " + KEY[8:], "position 8")])
+    def test_a_blank_or_broken_server_key_is_a_config_error_without_the_key(self, tmp_path, bad, says):
+        """A key that is only whitespace (which would serve without one) or has a space inside is refused."""
+        with pytest.raises(tp.ConfigError) as info:
+            LocalServer(tmp_path, api_key=bad)
+        assert says in str(info.value)
+        assert [] == [t for t in _texts(info.value) if KEY[:8] in t or KEY[8:] in t]
+
+    def test_serve_strips_the_key_it_reads(self, tmp_path):
+        """``serve --api-key-env VAR`` with a trailing newline in VAR requires the bare key, and the key appears
+        in none of its output."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TINKER_", "TINKEX_PERSIST_"))}
+        env["MY_SERVER_KEY"] = KEY + "\n"
+        argv = [sys.executable, "-m", "tinkex_persist", "serve", "--root", str(tmp_path / "root"), "--api-key-env", "MY_SERVER_KEY"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            url = proc.stdout.readline().strip()
+            statuses = [requests.get(url + "/api/v1/healthz", headers=h, timeout=10).status_code
+                        for h in ({"X-API-Key": KEY}, {})]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)
+        assert ([200, 401], 0) == (statuses, proc.returncode)
+        _assert_clean([url, out, err])
+        assert "API key required" in err
+
+    @pytest.mark.parametrize("value, says", [(" \n", "not set or empty"), ("zq\nxw", "position 2")])
+    def test_serve_refuses_a_blank_or_broken_variable(self, tmp_path, monkeypatch, capsys, value, says):
+        """A variable holding only whitespace is "not set or empty" (exit 2), not a server without a key; one
+        with a newline inside is a usage error naming the variable and the position, not the key."""
+        monkeypatch.setenv("MY_SERVER_KEY", value)
+        code = cli.main(["serve", "--root", str(tmp_path / "root"), "--api-key-env", "MY_SERVER_KEY"])
+        err = capsys.readouterr().err
+        assert (2, True, True, []) == (code, says in err, "MY_SERVER_KEY" in err, [p for p in ("zq", "xw") if p in err])
 
 
 class TestRedactionKeepsData:

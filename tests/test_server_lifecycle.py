@@ -1,5 +1,6 @@
 """Tests for ``LocalServer``'s life cycle: one server per root, context managers, and its typed options."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import threading
 import attrs
 import pytest
 
+from tinkex_persist import cli
 from tinkex_persist.localserver import FaultQueue, LocalServer, RootInUseError, ServerOptions
 
 #: Serves argv[1] through the command line until killed; prints the URL first.
@@ -98,8 +100,8 @@ class TestOneServerPerRoot:
             assert [path] == _listed(api_for(server.url))
 
     def test_second_process_fails_clearly(self, tmp_path, api_for):
-        """Two ``serve`` processes on one root: the second exits 1 with a one-line error naming the root,
-        the first keeps serving, and every save it acknowledged survives a restart."""
+        """Two ``serve`` processes on one root: the second exits 1 with one line on stderr, the error naming the
+        root (no "serving checkpoints from" line before it), the first keeps serving, and every save it acknowledged survives a restart."""
         first, watchdog = _serve(tmp_path)
         try:
             api = api_for(first.stdout.readline().strip())
@@ -112,9 +114,9 @@ class TestOneServerPerRoot:
             assert 0 == first.wait(20)
         finally:
             _end(first, watchdog)
-        errors = [line for line in second.stderr.splitlines() if "error" in line]
+        (error,) = second.stderr.splitlines()
         assert (1, "") == (second.returncode, second.stdout)
-        assert 1 == len(errors) and str(tmp_path) in errors[0] and "in use by another local server" in errors[0]
+        assert error.startswith("error: ") and str(tmp_path) in error and "in use by another local server" in error
         with LocalServer(tmp_path) as server:
             assert sorted(paths) == _listed(api_for(server.url))
             assert 6 == len(os.listdir(tmp_path / "data"))
@@ -193,6 +195,35 @@ class TestFailedStart:
         tmp_path.joinpath("index.json").unlink()
         with LocalServer(tmp_path) as server:
             assert True is server.running
+
+
+class TestServeCommandFailsQuietly:
+    """Tests for ``serve`` that cannot start: it says so in one line, and nothing before it claims it serves."""
+
+    @pytest.fixture(params=["root", "port"])
+    def taken(self, request, tmp_path):
+        """``(argv, what the error names)`` for a serve whose root, or whose port, a running server holds."""
+        with LocalServer(tmp_path / "held") as held:
+            if request.param == "root":
+                yield ["serve", "--root", str(tmp_path / "held")], "in use by another local server"
+            else:
+                yield ["serve", "--root", str(tmp_path / "free"), "--port", str(held.port)], str(held.port)
+
+    def test_one_line_on_stderr_and_exit_1(self, taken, capsys):
+        """A root in use or a port taken: exit 1, nothing on stdout, exactly one ``error:`` line on stderr."""
+        argv, named = taken
+        code = cli.main(argv)
+        out, err = capsys.readouterr()
+        (line,) = err.splitlines()
+        assert (1, "", True, True) == (code, out, line.startswith("error: "), named in line)
+
+    def test_json_prints_one_object(self, taken, capsys):
+        """With --json the failure is one JSON object on stdout (and the one line on stderr); no URL object."""
+        argv, named = taken
+        code = cli.main(argv + ["--json"])
+        out, err = capsys.readouterr()
+        data = json.loads(out)
+        assert (1, ["error"], True, 1) == (code, list(data), named in data["error"]["message"], len(err.splitlines()))
 
 
 class TestContextManager:

@@ -24,7 +24,7 @@ from .checkpoints import CHECKPOINT_TYPES
 from ._version import __version__
 from ._time import parse_date, parse_duration, parse_seconds
 from .client import ServiceClient
-from .config import ENV_API_KEY, ENV_BASE_URL, Config, read_env
+from .config import ENV_API_KEY, ENV_BASE_URL, Config, check_api_key, read_env
 from ._paths import parse_path
 from .exceptions import APIStatusError, CheckpointDeleteError, ConfigError, TinkexPersistError, UsageError
 from .types import CheckpointInfo, DeleteReport, DownloadProgress, PruneReport
@@ -368,30 +368,30 @@ def _service(args: argparse.Namespace) -> ServiceClient:
 
 
 def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
-    """Run the local server until Ctrl-C or SIGTERM."""
-    from .localserver import LocalServer, serve_forever
+    """Run the local server until Ctrl-C or SIGTERM.
 
-    api_key = None
-    if args.api_key_env:
-        api_key = read_env(args.api_key_env)
-        if not api_key:
-            raise UsageError("environment variable %s (from --api-key-env) is not set or empty" % args.api_key_env)
-    out.note("serving checkpoints from %s (%s); Ctrl-C stops"
-             % (os.path.abspath(args.root), "API key required" if api_key else "no API key required"))
+    Nothing is printed before the server holds its root and its port: a root in use or a port taken is one
+    error line on stderr (and, with --json, one JSON object on stdout), exit 1.
+    """
+    from .localserver import LocalServer
+
+    api_key = _server_key(args)
+    root = os.path.abspath(args.root)
     # SIGTERM stops the server like Ctrl-C, also when it arrives right after the URL is printed and
     # before the server's own handler is in place.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
-        if not out.json:
-            serve_forever(args.root, args.host, args.port, api_key, **_serve_options(args))
-            return EXIT_OK
         server = LocalServer(args.root, args.host, args.port, api_key, **_serve_options(args))
         server.bind()
         try:
-            # One line, so a supervisor can read the URL with a single readline().
-            out.stdout.write(json.dumps({"url": server.url, "root": os.path.abspath(args.root),
-                                         "api_key_required": bool(api_key)}) + "\n")
+            if out.json:
+                # One line, so a supervisor can read the URL with a single readline().
+                out.stdout.write(json.dumps({"url": server.url, "root": root, "api_key_required": bool(api_key)}) + "\n")
+            else:
+                out.note("serving checkpoints from %s (%s); Ctrl-C stops"
+                         % (root, "API key required" if api_key else "no API key required"))
+                out.stdout.write(server.url + "\n")
             out.stdout.flush()
             server.serve_forever()
         finally:
@@ -402,6 +402,16 @@ def cmd_serve(args: argparse.Namespace, out: _Output) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
+
+
+def _server_key(args: argparse.Namespace) -> Optional[str]:
+    """The key ``serve`` requires (--api-key-env), surrounding whitespace stripped, or None."""
+    if not args.api_key_env:
+        return None
+    key = check_api_key(read_env(args.api_key_env), "environment variable %s" % args.api_key_env)
+    if not key:
+        raise UsageError("environment variable %s (from --api-key-env) is not set or empty" % args.api_key_env)
+    return key
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -101,8 +101,13 @@ def _env_float(environ: Mapping[str, str], name: str, default: Any) -> Any:
     return value
 
 
-def _check_api_key(key: Any) -> Optional[str]:
-    """The key without surrounding whitespace (a trailing newline from a file), or ConfigError never showing it."""
+def check_api_key(key: Any, source: str = "file or " + ENV_API_KEY) -> Optional[str]:
+    """Return ``key`` without surrounding whitespace (a trailing newline from a file or a mounted secret).
+
+    Used by the client for the key it sends and by the local server for the key it requires. None, or a key
+    that is only whitespace, gives None. Anything but printable ASCII inside the key is a :class:`ConfigError`
+    naming ``source`` and the position, never the key.
+    """
     if key is None:
         return None
     if not isinstance(key, str):
@@ -112,7 +117,7 @@ def _check_api_key(key: Any) -> Optional[str]:
         if not "\x21" <= ch <= "\x7e":
             raise ConfigError(
                 "api_key has a space, control or non-ASCII character at position %d; "
-                "check the key's source (file or %s)" % (i, ENV_API_KEY)
+                "check the key's source (%s)" % (i, source)
             )
     return key or None
 
@@ -185,7 +190,7 @@ class Config:
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "base_url", check_base_url(self.base_url, self.allow_insecure_http))
-        object.__setattr__(self, "api_key", _check_api_key(self.api_key))
+        object.__setattr__(self, "api_key", check_api_key(self.api_key))
         if isinstance(self.max_workers, float) or isinstance(self.max_retries, bool) or self.max_retries < 0:
             raise ConfigError("max_workers must be a positive int and max_retries a non-negative int")
         if self.backoff_factor < 0 or self.backoff_max < 0:

@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional, Set, Union
 
 import attrs
 
+from ..config import check_api_key
+from ..exceptions import ConfigError
 from ._faults import FaultQueue
 from ._http import Handler
 from ._options import ServerOptions
@@ -56,12 +58,16 @@ class LocalServer:
         host: Address to bind; loopback by default.
         port: Port to bind; 0 picks a free one (see :attr:`url`).
         api_key: When set, every request except the signed download must carry it in ``X-API-Key``.
+            Surrounding whitespace (a trailing newline from a file or a mounted secret) is stripped, as the
+            client strips the key it sends.
         options: Behaviour settings (timings, limits, TLS, test hooks); see :class:`ServerOptions`.
         **changes: :class:`ServerOptions` fields that override ``options``, e.g. ``complete_delay=0.5``.
 
     Raises:
         TypeError: An unknown keyword argument, or an option of the wrong type.
         ValueError: An option out of range (see :class:`ServerOptions`).
+        ConfigError: ``api_key`` is blank, or has a space, control or non-ASCII character inside (the
+            message never shows the key).
 
     Attributes:
         options: The :class:`ServerOptions` in effect.
@@ -87,7 +93,9 @@ class LocalServer:
         self.root = os.fspath(root)
         self.host = host
         self.port = port
-        self.api_key = api_key
+        self.api_key = check_api_key(api_key, "the server's api_key")
+        if api_key is not None and self.api_key is None:
+            raise ConfigError("the server's api_key is blank; pass None to serve without a key")
         self.stats = Stats()
         self.faults = FaultQueue()
         self.service: Optional[Service] = None
@@ -172,6 +180,10 @@ class LocalServer:
         try:
             cls = _HTTPServer6 if ":" in self.host else _HTTPServer
             httpd = cls((self.host, self.port), Handler)
+        except OSError as exc:
+            store.close()
+            # Name the address: "[Errno 98] Address already in use" alone does not say which one.
+            raise OSError(exc.errno, "cannot bind %s port %d: %s" % (self.host, self.port, exc.strerror or exc)) from exc
         except BaseException:
             store.close()
             raise
