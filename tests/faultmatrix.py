@@ -135,8 +135,7 @@ class Cell:
 
     @property
     def store(self) -> Any:
-        assert self.server.service is not None
-        return self.server.service.store
+        return self.server.store
 
     def models(self) -> int:
         assert self.server.service is not None

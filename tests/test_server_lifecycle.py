@@ -256,6 +256,22 @@ class TestContextManager:
             assert (True, False) == (server.url in repr(server), "tml-very-secret" in repr(server))
 
 
+class TestStoreInterface:
+    """Tests for ``LocalServer.store``, the named internal interface tools use to reach the store without HTTP."""
+
+    def test_store_of_a_running_server_only(self, tmp_path, api_for):
+        """Before start and after stop ``store`` raises RuntimeError; while running it holds what was saved."""
+        server = LocalServer(tmp_path)
+        with pytest.raises(RuntimeError):
+            server.store
+        with server:
+            api = api_for(server.url)
+            path = api.save(api.model(), 1, "c")["path"]
+            assert path == server.store.get(path)["tinker_path"]
+        with pytest.raises(RuntimeError):
+            server.store
+
+
 class TestServerOptions:
     """Tests for ``ServerOptions`` and the keyword shorthand of ``LocalServer``."""
 

@@ -445,10 +445,10 @@ def connection_burst(n: int) -> float:
 
 def store_save_scaling(saves: int) -> Tuple[float, float]:
     """Median seconds per store save over the first and the last 10 % of ``saves`` saves (no deletes)."""
-    from tinkex_persist.localserver._store import CheckpointStore  # the store alone: no HTTP in the figure
-
     root = scratch_root()
-    store = CheckpointStore(root, time.time)
+    server = LocalServer(root)
+    server.bind()  # holds the root; no request is served: the figure is the store's alone, no HTTP in it
+    store = server.store
     info = {"base_model": BASE, "lora_rank": 1, "step": 0}
     times = []
     try:
@@ -457,7 +457,7 @@ def store_save_scaling(saves: int) -> Tuple[float, float]:
             store.save("run-%d" % (i % 50), "c%d" % i, b"w" * 2048, b"o" * 4104, info, None, False, None)
             times.append(time.perf_counter() - t0)
     finally:
-        store.close()
+        server.stop()
         shutil.rmtree(root, ignore_errors=True)
     k = max(1, saves // 10)
     return statistics.median(times[:k]), statistics.median(times[-k:])

@@ -274,6 +274,18 @@ class LocalServer:
         with self._conns_lock:
             (self._conns.add if add else self._conns.discard)(conn)
 
+    @property
+    def store(self) -> CheckpointStore:
+        """The directory-backed checkpoint store of a bound or running server: the named internal interface
+        for tools that measure or inspect the store without HTTP (``tools/bench.py``, the fault matrix).
+
+        Raises:
+            RuntimeError: The server is not bound (before :meth:`start`/:meth:`bind`, or after :meth:`stop`).
+        """
+        if self._httpd is None or self.service is None:
+            raise RuntimeError("LocalServer is not running: it has no store")
+        return self.service.store
+
     def model_info(self, model_id: str) -> Dict[str, Any]:
         """Return what ``GET /local/v1/models/{model_id}`` answers: step, seq state and sha256 digests.
 
