@@ -31,7 +31,7 @@ from ._converter import dumps
 from ._paths import TinkerPath, parse_path
 from ._retry import Retry, attach
 from ._time import parse_time
-from ._transport import PERMANENT, UNREACHABLE, USER_AGENT, Transport, describe_failure
+from ._transport import PERMANENT, UNREACHABLE, USER_AGENT, Transport, describe_failure, read_some
 from .client import Runner
 from .config import is_loopback_host
 from .exceptions import (
@@ -325,7 +325,7 @@ def _fetch_file(
                     while True:
                         if stopping.is_set():
                             raise urls.transport.stopped_error("GET", _safe_url(url), f.local)
-                        chunk = raw.read(CHUNK_SIZE)
+                        chunk = read_some(raw, CHUNK_SIZE, None)
                         if not chunk:
                             break
                         out.write(chunk)

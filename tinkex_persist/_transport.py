@@ -473,7 +473,7 @@ class _DeadlinePassed(Exception):
 def _read_body(r: requests.Response, deadline: Optional[Deadline]) -> Iterator[bytes]:
     """The body in pieces as they arrive, stopping once ``deadline`` has passed.
 
-    ``read1`` returns what one receive brought (urllib3 2); ``iter_content`` waits to fill its chunk.
+    ``read_pieces`` returns what each receive brought; ``iter_content`` waits to fill its chunk.
     """
     chunks = read_pieces(r) if deadline is not None else r.iter_content(READ_CHUNK)
     received = 0
@@ -484,19 +484,50 @@ def _read_body(r: requests.Response, deadline: Optional[Deadline]) -> Iterator[b
         yield chunk
 
 
+def read_some(raw: Any, size: int, decode_content: Optional[bool] = True) -> bytes:
+    """What the next receive brought of ``raw``'s body (at most ``size`` bytes), ``b""`` at its end.
+
+    urllib3 2 has ``read1``. On urllib3 1.26, whose ``read`` waits to fill ``size``, the underlying
+    ``http.client.HTTPResponse.read1`` (which handles chunked transfer encoding) is read under urllib3's
+    error handling, and the content is decoded with the response's own decoder. A body that ends before
+    its Content-Length raises urllib3's ``ProtocolError``, as urllib3 2 does.
+    """
+    read1 = getattr(raw, "read1", None)
+    if read1 is not None:
+        return read1(size, decode_content=decode_content)  # type: ignore[no-any-return]
+    fp = raw._fp  # pragma: no cover - urllib3 1.26 (the lower-bound run)
+    if fp is None:  # pragma: no cover
+        return b""
+    raw._init_decoder()  # pragma: no cover
+    if decode_content is None:  # pragma: no cover
+        decode_content = raw.decode_content
+    while True:  # pragma: no cover
+        with raw._error_catcher():
+            data = fp.read1(size) if not fp.isclosed() else b""
+            if data:
+                raw._fp_bytes_read += len(data)
+                if raw.length_remaining is not None:
+                    raw.length_remaining -= len(data)
+                decoded = raw._decode(data, decode_content, False)
+                if not decoded:
+                    continue  # compressed bytes that decode to nothing yet
+                return decoded  # type: ignore[no-any-return]
+            fp.close()
+            if fp.length not in (0, None):
+                from urllib3.exceptions import IncompleteRead  # type: ignore[attr-defined,unused-ignore]
+
+                raise IncompleteRead(raw._fp_bytes_read, fp.length)
+            return raw._decode(b"", decode_content, True)  # type: ignore[no-any-return]
+
+
 def read_pieces(r: requests.Response, size: int = READ_CHUNK) -> Iterator[bytes]:
     """The body of a streamed response in pieces of at most ``size`` bytes, each as soon as it arrives.
 
-    ``read1`` returns what one receive brought (urllib3 2); without it, ``iter_content`` (which waits to
-    fill its chunk) is used. urllib3's errors are raised wrapped as requests wraps them.
+    urllib3's errors are raised wrapped as requests wraps them.
     """
-    read1 = getattr(r.raw, "read1", None)
-    if read1 is None:  # pragma: no cover - urllib3 1.26
-        yield from r.iter_content(size)
-        return
     while True:
         try:
-            chunk = read1(size, decode_content=True)
+            chunk = read_some(r.raw, size)
         except Exception as exc:
             # urllib3's own errors (a read timeout, a body cut short), wrapped as requests wraps them.
             if type(exc).__module__.split(".")[0] == "urllib3":
