@@ -6,6 +6,7 @@ that honours it.
 """
 
 import errno
+import http.client
 import json
 import logging
 import socket
@@ -514,9 +515,8 @@ def read_some(raw: Any, size: int, decode_content: Optional[bool] = True) -> byt
                 return decoded  # type: ignore[no-any-return]
             fp.close()
             if fp.length not in (0, None):
-                from urllib3.exceptions import IncompleteRead  # type: ignore[attr-defined,unused-ignore]
-
-                raise IncompleteRead(raw._fp_bytes_read, fp.length)
+                # urllib3's error handling turns it into its ProtocolError.
+                raise http.client.IncompleteRead(b"", fp.length)
             return raw._decode(b"", decode_content, True)  # type: ignore[no-any-return]
 
 
