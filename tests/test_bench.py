@@ -22,5 +22,8 @@ class TestBenchQuick:
         assert 4 == len(re.findall(r"ours/floor \d+\.\d\dx", out))
         assert 3 == len(re.findall(r"max_workers=\d+ +\d+ saves/s", out))
         assert re.search(r"tinkex_persist +\d+ distributions", out)
-        assert 7 == len(re.findall(r"target: .*: (met|MISSED)", out))
+        # The official/ours download target is printed only when the official SDK is installed (not on Python 3.9).
+        sdk = "official SDK not installed" not in out
+        assert (7 if sdk else 6) == len(re.findall(r"target: .*: (met|MISSED)", out))
+        assert sdk == bool(re.search(r"official/ours \d+\.\d\dx +target: >= 2x: (met|MISSED)", out))
         assert re.search(r"ours/raw throughput \d+\.\d\dx", out)
