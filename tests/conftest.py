@@ -175,6 +175,21 @@ def mgmt_service(mgmt_url):
 
 
 @pytest.fixture
+def run_cli(keyed_server, mgmt_service, monkeypatch, capsys):
+    """Return ``run_cli(*argv) -> (exit_code, stdout, stderr)``: ``cli.main`` against keyed_server, key from the environment."""
+    from tinkex_persist import cli
+
+    monkeypatch.setenv("TINKER_API_KEY", mgmt_service.config.api_key)
+
+    def invoke(*argv):
+        code = cli.main(["--base-url", keyed_server.url] + list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+@pytest.fixture
 def seed_run(mgmt_service):
     """Return ``make(names, rank=8) -> (run_id, [paths])``: a new LoRA run with one checkpoint saved per name, in order."""
     from tinkex_persist import save_state

@@ -19,19 +19,6 @@ from tinkex_persist.types import CheckpointInfo
 UTC = datetime.timezone.utc
 
 
-@pytest.fixture
-def run(keyed_server, mgmt_service, monkeypatch, capsys):
-    """Return ``run(*argv) -> (exit_code, stdout, stderr)`` for ``cli.main`` against the keyed server."""
-    monkeypatch.setenv("TINKER_API_KEY", mgmt_service.config.api_key)
-
-    def invoke(*argv):
-        code = cli.main(["--base-url", keyed_server.url] + list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
-
-
 def _paths(service, **kw):
     return sorted(c.tinker_path for c in tp.list_user_checkpoints(service, **kw).result())
 
@@ -39,31 +26,31 @@ def _paths(service, **kw):
 class TestInfo:
     """Tests for ``info``: the official ``checkpoint info`` fields plus the weights info."""
 
-    def test_human_and_json(self, run, seed_run, mgmt_service):
+    def test_human_and_json(self, run_cli, seed_run, mgmt_service):
         """``info`` shows type, size, created, expires, public and metadata, then the weights; JSON has both."""
         run_id, (path,) = seed_run(["a"], rank=4)
-        code, out, _ = run("info", path)
+        code, out, _ = run_cli("info", path)
         keys = [line.split("  ")[0].strip() for line in out.splitlines()]
         assert (0, ["path", "type", "size", "created", "expires", "public", "metadata", "base model"]) == (code, keys[:8])
         assert "LoRA rank           4" in out
-        code, out, _ = run("info", path, "--json")
+        code, out, _ = run_cli("info", path, "--json")
         data = json.loads(out)
         listed = tp.list_checkpoints(mgmt_service, run_id).result()[0].to_json()
         assert (0, dict(listed, base_model="Qwen/Qwen3-8B", is_lora=True, lora_rank=4, train_unembed=True,
                         train_mlp=True, train_attn=True, optimizer="adamw")) == (code, data)
 
-    def test_an_export_is_described(self, run, mgmt_service):
+    def test_an_export_is_described(self, run_cli, mgmt_service):
         """An ``external_weights`` checkpoint is described with its type and size."""
         tc = mgmt_service.create_lora_training_client("Qwen/Qwen3-8B", rank=2).result()
         export = tc.save_weights_external("exp").result()
-        code, out, _ = run("--json", "info", export.path)
+        code, out, _ = run_cli("--json", "info", export.path)
         data = json.loads(out)
         assert (0, "external", export.size_bytes) == (code, data["checkpoint_type"], data["size_bytes"])
 
-    def test_missing_checkpoint_exits_1(self, run, seed_run):
+    def test_missing_checkpoint_exits_1(self, run_cli, seed_run):
         """A checkpoint its run does not hold exits 1 with a JSON error and the message on stderr."""
         run_id, _ = seed_run(["a"])
-        code, out, err = run("--json", "info", "tinker://%s/weights/nope" % run_id)
+        code, out, err = run_cli("--json", "info", "tinker://%s/weights/nope" % run_id)
         assert (1, "NotFoundError") == (code, json.loads(out)["error"]["type"])
         assert "not found" in err
 
@@ -71,50 +58,50 @@ class TestInfo:
 class TestListByType:
     """Tests for ``list --type`` across all runs and within one."""
 
-    def test_type_across_runs_and_in_a_run(self, run, seed_run, mgmt_service):
+    def test_type_across_runs_and_in_a_run(self, run_cli, seed_run, mgmt_service):
         """Without --run every run is listed; --type keeps one type; with --run it filters that run."""
         run_a, (a,) = seed_run(["a"])
         tc = mgmt_service.create_lora_training_client("Qwen/Qwen3-8B", rank=2).result()
         b = tp.save_state(tc, "b").result().path
         export = tc.save_weights_external("exp").result().path
-        code, out, _ = run("--json", "list")
+        code, out, _ = run_cli("--json", "list")
         assert (0, sorted([a, b, export])) == (code, sorted(c["tinker_path"] for c in json.loads(out)["checkpoints"]))
-        code, out, _ = run("list", "--type", "external")
+        code, out, _ = run_cli("list", "--type", "external")
         lines = out.splitlines()
         assert (0, ["PATH", "TYPE", "CREATED", "SIZE", "EXPIRES", "PUBLIC"], export) == (code, lines[0].split(),
                                                                                      lines[1].split()[0])
-        code, out, _ = run("--json", "list", "--run", tc.model_id, "--type", "training")
+        code, out, _ = run_cli("--json", "list", "--run", tc.model_id, "--type", "training")
         assert [b] == [c["tinker_path"] for c in json.loads(out)["checkpoints"]]
-        assert (0, "no sampler checkpoints\n") == run("list", "--type", "sampler")[:2]
+        assert (0, "no sampler checkpoints\n") == run_cli("list", "--type", "sampler")[:2]
 
-    def test_bad_type_exits_2(self, run):
+    def test_bad_type_exits_2(self, run_cli):
         """An unknown type is a usage error."""
-        assert 2 == run("list", "--type", "weights")[0]
+        assert 2 == run_cli("list", "--type", "weights")[0]
 
 
 class TestPublishAndUsage:
     """Tests for ``publish``, ``unpublish`` and ``usage``."""
 
-    def test_publish_unpublish(self, run, seed_run, mgmt_service):
+    def test_publish_unpublish(self, run_cli, seed_run, mgmt_service):
         """publish makes it public, unpublish private; a repeat is a 409 that exits 1."""
         run_id, (path,) = seed_run(["a"])
-        code, out, _ = run("publish", path)
+        code, out, _ = run_cli("publish", path)
         assert (0, "%s is now public\n" % path) == (code, out)
         assert True is tp.list_checkpoints(mgmt_service, run_id).result()[0].public
-        code, out, err = run("--json", "publish", path)
+        code, out, err = run_cli("--json", "publish", path)
         assert (1, 409) == (code, json.loads(out)["error"]["status_code"])
-        code, out, _ = run("--json", "unpublish", path)
+        code, out, _ = run_cli("--json", "unpublish", path)
         assert (0, {"tinker_path": path, "public": False}) == (code, json.loads(out))
         assert False is tp.list_checkpoints(mgmt_service, run_id).result()[0].public
 
-    def test_usage(self, run, seed_run, mgmt_service):
+    def test_usage(self, run_cli, seed_run, mgmt_service):
         """usage counts the stored checkpoints and their bytes, human and JSON."""
         seed_run(["a", "b"])
         total = sum(c.size_bytes for c in tp.list_user_checkpoints(mgmt_service).result())
-        code, out, _ = run("--json", "usage")
+        code, out, _ = run_cli("--json", "usage")
         data = json.loads(out)
         assert (0, 2, total) == (code, data["checkpoint_count"], data["size_bytes"])
-        code, out, _ = run("usage")
+        code, out, _ = run_cli("usage")
         assert (0, True) == (code, out.splitlines()[-1].startswith("2 checkpoint(s), "))
 
 
@@ -174,43 +161,43 @@ class TestPrune:
         assert ([paths[1], paths[0]], [paths[2]]) == (done.deletes.deleted, _paths(mgmt_service))
         assert False is done.to_json()["dry_run"]
 
-    def test_cli_all_runs_spares_published(self, run, seed_run, mgmt_service):
+    def test_cli_all_runs_spares_published(self, run_cli, seed_run, mgmt_service):
         """``prune --all-runs --keep-last 1 --yes`` prunes every run and spares a published checkpoint."""
         r1, p1 = seed_run(["a", "b"])
         r2, p2 = seed_run(["x", "y"])
         tp.publish_checkpoint(mgmt_service, p2[0]).result()
-        code, out, _ = run("prune", "--all-runs", "--keep-last", "1", "--yes")
+        code, out, _ = run_cli("prune", "--all-runs", "--keep-last", "1", "--yes")
         assert 0 == code, out
         assert sorted([p1[1], p2[1], p2[0]]) == _paths(mgmt_service)
         assert "spare" in out
-        code, out, _ = run("--json", "prune", "--all-runs", "--keep-last", "1", "--include-published", "--yes")
+        code, out, _ = run_cli("--json", "prune", "--all-runs", "--keep-last", "1", "--include-published", "--yes")
         data = json.loads(out)
         assert (0, [p2[0]]) == (code, [r["path"] for r in data["results"]])
         assert sorted([p1[1], p2[1]]) == _paths(mgmt_service)
 
-    def test_cli_dry_run_and_older_than(self, run, seed_run, mgmt_service):
+    def test_cli_dry_run_and_older_than(self, run_cli, seed_run, mgmt_service):
         """``--dry-run`` changes nothing; ``--older-than 1h`` on fresh checkpoints finds nothing to delete."""
         run_id, paths = seed_run(["a", "b"])
-        code, out, _ = run("--json", "prune", "--run", run_id, "--keep-last", "0", "--dry-run")
+        code, out, _ = run_cli("--json", "prune", "--run", run_id, "--keep-last", "0", "--dry-run")
         data = json.loads(out)
         assert (0, True, ["would_delete", "would_delete"]) == (code, data["dry_run"],
                                                                [r["status"] for r in data["results"]])
-        code, out, _ = run("prune", "--run", run_id, "--older-than", "1h", "--yes")
+        code, out, _ = run_cli("prune", "--run", run_id, "--older-than", "1h", "--yes")
         assert (0, True) == (code, "nothing to delete" in out)
         assert sorted(paths) == _paths(mgmt_service)
 
     @pytest.mark.parametrize("argv", [["--run", "r"], ["--keep-last", "1"], ["--run", "r", "--all-runs", "--keep-last", "1"],
                                       ["--run", "r", "--older-than", "soon"], ["--run", "r", "--keep-last", "-1"]])
-    def test_usage_errors_exit_2(self, run, argv):
+    def test_usage_errors_exit_2(self, run_cli, argv):
         """No rule, no scope, both scopes, a bad duration or a negative count exits 2."""
-        assert 2 == run("prune", *argv)[0]
+        assert 2 == run_cli("prune", *argv)[0]
 
 
 class TestConfirmation:
     """Every destructive command without --yes and without a terminal changes nothing and exits 2."""
 
     @pytest.mark.parametrize("command", ["delete", "keep-last", "prune", "ttl-set", "ttl-remove"])
-    def test_refuses_and_changes_nothing(self, run, seed_run, mgmt_service, command):
+    def test_refuses_and_changes_nothing(self, run_cli, seed_run, mgmt_service, command):
         """stdin is not a terminal here: the command exits 2 with a hint naming --yes, and the listing is unchanged."""
         run_id, paths = seed_run(["a", "b"])
         tp.set_checkpoint_ttl(mgmt_service, paths[0], 7200).result()
@@ -222,24 +209,24 @@ class TestConfirmation:
             "ttl-set": ["ttl", paths[1], "--set", "7200"],
             "ttl-remove": ["ttl", paths[0], "--remove"],
         }[command]
-        code, out, err = run(*argv)
+        code, out, err = run_cli(*argv)
         assert (2, "") == (code, out)
         assert "--yes" in err and "nothing was changed" in err
         assert before == tp.list_checkpoints(mgmt_service, run_id).result()
 
-    def test_ttl_dry_run(self, run, seed_run, mgmt_service):
+    def test_ttl_dry_run(self, run_cli, seed_run, mgmt_service):
         """``ttl --dry-run`` says what it would do and changes nothing; for a missing checkpoint it exits 1."""
         run_id, (path,) = seed_run(["a"])
-        code, out, _ = run("ttl", path, "--set", "7200", "--dry-run")
+        code, out, _ = run_cli("ttl", path, "--set", "7200", "--dry-run")
         assert (0, True) == (code, out.startswith("dry run: would make"))
         assert None is tp.list_checkpoints(mgmt_service, run_id).result()[0].expires_at
-        code, out, _ = run("--json", "ttl", path + "x", "--remove", "--dry-run")
+        code, out, _ = run_cli("--json", "ttl", path + "x", "--remove", "--dry-run")
         assert (1, False) == (code, json.loads(out)["exists"])
 
-    def test_keep_last_with_nothing_to_delete_needs_no_confirmation(self, run, seed_run):
+    def test_keep_last_with_nothing_to_delete_needs_no_confirmation(self, run_cli, seed_run):
         """keep-last with nothing to delete exits 0 without asking."""
         run_id, _ = seed_run(["only"])
-        code, out, _ = run("keep-last", "1", "--run", run_id)
+        code, out, _ = run_cli("keep-last", "1", "--run", run_id)
         assert (0, True) == (code, "nothing to delete" in out)
 
 

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 import tinkex_persist as tp
-from tinkex_persist import cli
 from tinkex_persist.localserver import LocalServer
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "rest_targets.json").read_text())
@@ -235,19 +234,6 @@ class TestOfficialSdk:
         assert 0 == info.returncode, info.stderr
         data = json.loads(info.stdout)
         assert (tc.model_id, path) == (data["training_run_id"], data["last_checkpoint"]["tinker_path"])
-
-
-@pytest.fixture
-def run_cli(keyed_server, mgmt_service, monkeypatch, capsys):
-    """Return ``run(*argv) -> (exit_code, stdout, stderr)`` for ``cli.main`` against keyed_server."""
-    monkeypatch.setenv("TINKER_API_KEY", mgmt_service.config.api_key)
-
-    def invoke(*argv):
-        code = cli.main(["--base-url", keyed_server.url] + list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 class TestCli:
