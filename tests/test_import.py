@@ -48,6 +48,22 @@ class TestImport:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         assert "000 100 111" == out
 
+    def test_protobuf_codec_loads_on_the_first_training_call(self):
+        """``import tinkex_persist`` does not load the protobuf codec; the first ``forward_backward`` call does."""
+        code = (
+            "import sys, tinkex_persist as tp; before = 'tinkex_persist._proto' in sys.modules;"
+            "from tinkex_persist.localserver import LocalServer; import tempfile;"
+            "srv = LocalServer(tempfile.mkdtemp()).start();"
+            "svc = tp.ServiceClient(base_url=srv.url, api_key='k');"
+            "tc = svc.create_lora_training_client('Qwen/Qwen3-8B', rank=1).result();"
+            "datum = tp.Datum(model_input=tp.ModelInput.from_ints([1, 2]),"
+            " loss_fn_inputs={'target_tokens': [2, 3], 'weights': [1.0, 1.0]});"
+            "tc.forward_backward([datum], 'cross_entropy').result();"
+            "print(before, 'tinkex_persist._proto' in sys.modules); svc.close(); srv.stop()"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.split()
+        assert ["False", "True"] == out
+
     def test_runtime_imports_are_relative_or_allowed(self):
         """Package modules import only the stdlib, requests, attrs, cattrs and themselves (relatively), so a vendored copy works."""
         allowed = {"requests", "attrs", "cattrs", "typing_extensions"}

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Set, Tuple,
 
 import attrs
 
-from . import _ops, _paths, _proto, _wire
+from . import _ops, _paths, _wire
 from ._ordering import ModelQueue, Submission
 from ._paths import parse_path
 from ._retry import History
@@ -44,10 +44,6 @@ logger = logging.getLogger(__name__)
 __all__ = ("ServiceClient", "TrainingClient")
 
 T = TypeVar("T")
-
-#: ``forward_backward`` results are asked for, and decoded, as protobuf.
-_FORWARD_BACKWARD_RESULT: _ops.BinaryResult = (_proto.CONTENT_TYPE, _proto.decode_forward_backward_output)
-
 
 class ServiceClient:
     """Entry point: holds the configuration, one HTTP transport, one thread pool and the server session.
@@ -734,6 +730,9 @@ class TrainingClient:
         *,
         forward_only: bool,
     ) -> "concurrent.futures.Future[ForwardBackwardOutput]":
+        # The codec loads on the first training call: a script that only saves and loads never pays its import.
+        from . import _proto
+
         cfg = self.service.config
         chunks = _proto.split_data(data, max_len=cfg.fwdbwd_max_chunk_len, max_bytes=cfg.fwdbwd_max_chunk_bytes_count)
         # Everything but model_id and seq_id is encoded now, so bad input fails here. Fields 1 and 2 lead the
@@ -757,12 +756,15 @@ class TrainingClient:
         request_type = "Forward" if forward_only else "ForwardBackward"
         transport = self.service._transport
 
+        #: Results are asked for, and decoded, as protobuf.
+        binary: _ops.BinaryResult = (_proto.CONTENT_TYPE, _proto.decode_forward_backward_output)
+
         def work() -> ForwardBackwardOutput:
             handles = [self._queue.send_through(p) for p in parts]
             results = [
                 _ops.poll(
                     transport, handle.request_id, ForwardBackwardOutput, request_type,
-                    on_queue_state=self.service.on_queue_state, binary=_FORWARD_BACKWARD_RESULT,
+                    on_queue_state=self.service.on_queue_state, binary=binary,
                 )
                 for handle in handles
             ]
