@@ -7,7 +7,6 @@ The archive route serves servers that have no ``save_weights_external``: every s
 import hashlib
 import io
 import os
-import socket
 import tarfile
 from urllib.parse import urlsplit
 
@@ -61,18 +60,6 @@ def slow_reader(keyed_server, mgmt_service):
         yield service
 
 
-class _Proxy(FaultProxy):
-    """FaultProxy that wakes its accept loop on exit (closing a listening socket alone does not, on Linux)."""
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        super().__exit__(*exc)
-
-
 def _via(proxy, server, service, path):
     """Make the archive API redirect to its signed URL through ``proxy`` (one redirect, via a server fault)."""
     run, kind, name = path[len("tinker://"):].split("/")
@@ -122,7 +109,7 @@ class TestDownloadCheckpoint:
     def test_signed_url_never_receives_the_api_key(self, mgmt_service, keyed_server, seed_run, tmp_path):
         """The redirect is followed by a bare request: no X-API-Key (nor any other credential) reaches the signed URL."""
         _, (path,) = seed_run(["a"])
-        with _Proxy(keyed_server.url) as proxy:
+        with FaultProxy(keyed_server.url) as proxy:
             _via(proxy, keyed_server, mgmt_service, path)
             result = manage.download_checkpoint(mgmt_service, path, tmp_path).result()
         (seen,) = proxy.records
@@ -134,7 +121,7 @@ class TestDownloadCheckpoint:
         """A connection closed mid-body is resumed in the same call with Range from the bytes received; none twice."""
         _, (path,) = seed_run(["big"], rank=64)
         blob, digest = _archive(keyed_server, mgmt_service, path)
-        with _Proxy(keyed_server.url) as proxy:
+        with FaultProxy(keyed_server.url) as proxy:
             _via(proxy, keyed_server, mgmt_service, path)
             proxy.add("truncate", path=SIGNED)  # sends the head and half the body, then closes
             result = manage.download_checkpoint(mgmt_service, path, tmp_path).result()
@@ -148,7 +135,7 @@ class TestDownloadCheckpoint:
         """With no resume allowed, a cut fails the call keeping the partial file; the next call fetches only the rest."""
         _, (path,) = seed_run(["big"], rank=64)
         blob, digest = _archive(keyed_server, mgmt_service, path)
-        with _Proxy(keyed_server.url) as proxy:
+        with FaultProxy(keyed_server.url) as proxy:
             _via(proxy, keyed_server, mgmt_service, path)
             proxy.add("truncate", path=SIGNED)
             with pytest.raises(manage.DownloadError, match="call again to resume") as info:

@@ -46,18 +46,6 @@ def keyed_server(tmp_path):
         yield server
 
 
-class _Proxy(FaultProxy):
-    """FaultProxy that wakes its accept loop on exit."""
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        try:
-            self._sock.shutdown(2)
-        except OSError:
-            pass
-        super().__exit__(*exc)
-
-
 def _env():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TINKER_", "TINKEX_PERSIST_"))}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -102,7 +90,7 @@ class TestOneDestinationManyProcesses:
         """
         _, (path,) = seed_run(["shared"], rank=1)
         dest = tmp_path / "dest"
-        with _Proxy(keyed_server.url) as proxy:
+        with FaultProxy(keyed_server.url) as proxy:
             _slow_signed_url(keyed_server, proxy, path)
             procs = [_start(keyed_server, path, dest) for _ in range(RANKS)]
             for proc in procs:
@@ -124,7 +112,7 @@ class TestOneDestinationManyProcesses:
         dest = tmp_path / "dest"
         run, kind, name = path[len("tinker://"):].split("/")
         part = dest / run / kind / (name + ".tar.part")
-        with _Proxy(keyed_server.url) as proxy:
+        with FaultProxy(keyed_server.url) as proxy:
             _slow_signed_url(keyed_server, proxy, path)
             first = _start(keyed_server, path, dest)
             first.stdin.write("go\n")
@@ -146,7 +134,7 @@ class TestOneDestinationManyProcesses:
         from tinkex_persist import download
 
         _, (path,) = seed_run(["shared"], rank=1)
-        with _Proxy(keyed_server.url) as proxy:
+        with FaultProxy(keyed_server.url) as proxy:
             _slow_signed_url(keyed_server, proxy, path)
             with ServiceClient(keyed_server.url, SERVER_KEY, heartbeat_interval=None, max_workers=2) as service:
                 futures = [download.download_checkpoint(service, path, tmp_path / "dest") for _ in range(2)]

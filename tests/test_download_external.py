@@ -4,7 +4,6 @@ import glob
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,18 +21,6 @@ WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 SIGNED_WEIGHTS = "/signed/*/" + WEIGHTS
 EXPORT_SIZE = 3 * 1024 * 1024 + 123  # three 1 MiB chunks and a bit
-
-
-class _Proxy(FaultProxy):
-    """FaultProxy that wakes its accept loop on exit (closing a listening socket alone does not, on Linux)."""
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        super().__exit__(*exc)
 
 
 class _Clock:
@@ -61,7 +48,7 @@ def server(tmp_path, clock):
 
 @pytest.fixture
 def proxy(server):
-    with _Proxy(server.url) as p:
+    with FaultProxy(server.url) as p:
         yield p
 
 

@@ -166,18 +166,6 @@ class TestInterruptedSave:
         assert ["weights/pending"] == [c["checkpoint_id"] for c in listed]
 
 
-class _Proxy(FaultProxy):
-    """FaultProxy that wakes its accept loop on exit."""
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        try:
-            self._sock.shutdown(2)
-        except OSError:
-            pass
-        super().__exit__(*exc)
-
-
 class TestInterruptedDownload:
     """Tests for Ctrl-C while ``download_checkpoint(...).result()`` waits."""
 
@@ -210,7 +198,7 @@ class TestInterruptedDownload:
         signed = requests.get(api, headers={"X-API-Key": KEY}, allow_redirects=False, timeout=10).headers["Location"]
         part = tmp_path / "dest" / run / kind / (name + ".tar.part")
         outcome = tmp_path / "outcome"
-        with _Proxy(keyed_server.url) as proxy:
+        with FaultProxy(keyed_server.url) as proxy:
             proxy.add("trickle", "/local/v1/archives/*", seconds=0.01)
             keyed_server.faults.add("/api/v1/training_runs/*/archive", status=302,
                                     headers={"Location": proxy.url + urlsplit(signed).path}, body={})
@@ -299,7 +287,7 @@ class TestInterruptedExportDownload:
                 path = tc.save_state("big").result().path
             outcome = tmp_path / "outcome"
             dest = tmp_path / "dest"
-            with _Proxy(server.url) as proxy:
+            with FaultProxy(server.url) as proxy:
                 proxy.add("trickle", "/signed/*/adapter_model.safetensors", seconds=0.01)
                 proc = subprocess.Popen([sys.executable, "-c", DOWNLOAD_SCRIPT, proxy.url, path, str(dest), str(outcome)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
